@@ -1,0 +1,245 @@
+"""The one typed settings object, filled from CLI flags and ``ASR_*`` environment variables.
+
+Precedence: command-line flag > environment variable > default. Every field declares its
+help text here, so that ``--help``, the environment and ``docs/configuration.md`` cannot drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_ASR_MODEL = "iic/speech_paraformer-large-vad-punc_asr_nat-zh-cn-16k-common-vocab8404-pytorch"
+DEFAULT_VAD_MODEL = "iic/speech_fsmn_vad_zh-cn-16k-common-pytorch"
+DEFAULT_PUNC_MODEL = "iic/punc_ct-transformer_zh-cn-common-vocab272727-pytorch"
+DEFAULT_ONLINE_MODEL = "iic/speech_paraformer-large_asr_nat-zh-cn-16k-common-vocab8404-online"
+
+MIB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A setting has a value the server cannot run with."""
+
+
+def _opt(help: str, *, group: str, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
+    return field(metadata={"help": help, "group": group, "choices": choices}, **kw)
+
+
+@dataclass
+class Settings:
+    """Everything the server can be told. See docs/configuration.md (generated from this class)."""
+
+    # --- models ---
+    asr_model: str = _opt(
+        "ASR model: a local directory (absolute or relative path) or a ModelScope hub id.",
+        group="models",
+        default=DEFAULT_ASR_MODEL,
+    )
+    vad_model: str = _opt(
+        "Voice activity detection model (directory or hub id); 'none' feeds whole files to the ASR model.",
+        group="models",
+        default=DEFAULT_VAD_MODEL,
+    )
+    punc_model: str = _opt(
+        "Punctuation model (directory or hub id); 'none' returns unpunctuated text.",
+        group="models",
+        default=DEFAULT_PUNC_MODEL,
+    )
+    model_revision: str = _opt("Hub revision (tag or branch) of models given as hub ids.", group="models", default="master")
+    model_cache_dir: str = _opt(
+        "Where hub models are downloaded to and looked up in (the ModelScope cache).",
+        group="models",
+        default=str(Path.home() / ".cache" / "modelscope"),
+    )
+    offline: bool = _opt("Never download: a hub id must already be in the model cache.", group="models", default=False)
+    download_timeout_s: float = _opt("Give up a model download that has not finished in this many seconds.", group="models", default=1800.0)
+    demo: bool = _opt(
+        "DEMO MODE: serve tiny RANDOM-WEIGHT models built on the spot (nonsense text, no download, no GPU).",
+        group="models",
+        default=False,
+    )
+    allow_random_weights: bool = _opt(
+        "Serve model directories marked as random-weight demo models (for tests and benchmarks).",
+        group="models",
+        default=False,
+    )
+    model_name: str = _opt(
+        "Name of the model pipeline in responses and metrics (default: derived from asr_model).",
+        group="models",
+        default="",
+    )
+    demo_dir: str = _opt(
+        "Where demo models are built (reused when already there).",
+        group="models",
+        default=str(Path.home() / ".cache" / "paraformer-asr" / "demo-models"),
+    )
+    device: str = _opt("Inference device: auto (CUDA when available), cpu, cuda or cuda:N.", group="models", default="auto")
+    torch_threads: int = _opt("CPU threads for torch inside the worker (0: one per available core).", group="models", default=0)
+
+    # --- server ---
+    host: str = _opt("Address the gRPC server listens on.", group="server", default="0.0.0.0")
+    port: int = _opt("gRPC port.", group="server", default=50051)
+    max_receive_message_bytes: int = _opt(
+        "Largest request message accepted (a 5-minute 16 kHz 16-bit wav is 9.6 MB).",
+        group="server",
+        default=64 * MIB,
+    )
+    max_send_message_bytes: int = _opt("Largest response message sent.", group="server", default=16 * MIB)
+    max_audio_seconds: float = _opt("Longest audio accepted in one request, after decoding.", group="server", default=3 * 3600.0)
+    shutdown_grace_s: float = _opt(
+        "On SIGTERM: how long in-flight requests may take to finish before the server exits.",
+        group="server",
+        default=30.0,
+    )
+
+    # --- batching ---
+    max_batch_size: int = _opt("Most speech segments decoded in one engine call (1 turns batching off).", group="batching", default=16)
+    max_batch_audio_seconds: float = _opt("Most audio (seconds, summed over a batch) in one engine call.", group="batching", default=300.0)
+    max_batch_wait_ms: float = _opt("How long a batch waits for company once its first segment arrives.", group="batching", default=5.0)
+    max_queue_items: int = _opt(
+        "Most requests admitted but not yet answered; beyond it new ones get RESOURCE_EXHAUSTED.",
+        group="batching",
+        default=256,
+    )
+    max_queue_audio_seconds: float = _opt(
+        "Most audio (seconds) admitted but not yet answered; beyond it new ones get RESOURCE_EXHAUSTED.",
+        group="batching",
+        default=4 * 3600.0,
+    )
+    max_segment_seconds: float = _opt(
+        "VAD segments longer than this are cut before decoding (bounds padding and memory).",
+        group="batching",
+        default=30.0,
+    )
+
+    # --- logging ---
+    log_level: str = _opt("Log level.", group="logging", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_format: str = _opt(
+        "Log format: json, text, or auto (text on a terminal, json otherwise).",
+        group="logging",
+        default="auto",
+        choices=("auto", "json", "text"),
+    )
+
+    # ---------------------------------------------------------------- derived
+    @staticmethod
+    def env_name(name: str) -> str:
+        return "ASR_" + name.upper()
+
+    @staticmethod
+    def flag_name(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    def validate(self) -> Settings:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
+        positive = (
+            "port",
+            "max_receive_message_bytes",
+            "max_send_message_bytes",
+            "max_audio_seconds",
+            "max_batch_size",
+            "max_batch_audio_seconds",
+            "max_queue_items",
+            "max_queue_audio_seconds",
+            "max_segment_seconds",
+            "download_timeout_s",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
+        for name in ("max_batch_wait_ms", "shutdown_grace_s", "torch_threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, not {getattr(self, name)}")
+        if not self.port < 65536:
+            raise ConfigError(f"port must be below 65536, not {self.port}")
+        return self
+
+    def public_dict(self) -> dict[str, Any]:
+        """For the start-up log line: every setting (none of them is a secret yet)."""
+        return dataclasses.asdict(self)
+
+
+def _parse_value(kind: type, raw: str, name: str) -> Any:
+    if kind is bool:
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{name}: expected true/false, got {raw!r}")
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected {kind.__name__}, got {raw!r}") from None
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    return {"str": str, "int": int, "float": float, "bool": bool}[str(f.type)]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting; defaults are left as None so we can tell 'not given' from 'given'."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in fields(Settings):
+        group_name = f.metadata["group"]
+        group = groups.setdefault(group_name, parser.add_argument_group(group_name))
+        kind = _field_type(f)
+        help_text = f"{f.metadata['help']} [env {Settings.env_name(f.name)}; default: {f.default}]"
+        if kind is bool:
+            group.add_argument(Settings.flag_name(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            group.add_argument(
+                Settings.flag_name(f.name),
+                dest=f.name,
+                type=kind,
+                default=None,
+                choices=f.metadata["choices"],
+                metavar=f.name.upper(),
+                help=help_text,
+            )
+
+
+def load_settings(args: argparse.Namespace | None = None, environ: dict[str, str] | None = None) -> Settings:
+    environ = dict(os.environ) if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        env = Settings.env_name(f.name)
+        flag_value = getattr(args, f.name, None) if args is not None else None
+        if flag_value is not None:
+            values[f.name] = flag_value
+        elif env in environ:
+            values[f.name] = _parse_value(_field_type(f), environ[env], env)
+    settings = Settings(**values)
+    choices = {f.name: f.metadata["choices"] for f in fields(Settings) if f.metadata["choices"]}
+    for name, allowed in choices.items():
+        if getattr(settings, name) not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(settings, name)!r}")
+    return settings.validate()
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md: generated, so the reference cannot drift from the code."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `app/config.py` by `paraformer-asr config-reference`; do not edit by hand.",
+        "Every setting can be given as a flag of `paraformer-asr serve` or as an environment variable;",
+        "a flag wins over the variable. Booleans take `--flag` / `--no-flag`, or true/false in the environment.",
+        "",
+    ]
+    current = None
+    for f in fields(Settings):
+        if f.metadata["group"] != current:
+            if current is not None:
+                lines.append("")
+            current = f.metadata["group"]
+            lines += [f"## {current}", "", "| flag | environment | default | meaning |", "| --- | --- | --- | --- |"]
+        default = str(f.default).replace(str(Path.home()), "~") or "(empty)"
+        lines.append(f"| `{Settings.flag_name(f.name)}` | `{Settings.env_name(f.name)}` | `{default}` | {f.metadata['help']} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,185 @@
+"""The recognition pipeline: audio bytes in, a transcript with sentences and timings out.
+
+decode (thread pool) -> VAD segments (VAD worker) -> ASR on every segment through the batching
+scheduler, pooled with the segments of all other requests (ASR worker) -> punctuation (punctuation
+worker) -> sentences with times. Transport-free: the gRPC servicers call ``recognize``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from app import metrics
+from app.config import Settings
+from app.core.admission import Admission
+from app.core.audio import TARGET_SAMPLE_RATE_HZ, AudioInput, AudioLimits, DecodedAudio, decode_audio
+from app.core.errors import DeadlineExpired, InvalidConfig
+from app.core.scheduler import BatchPolicy, BatchScheduler
+from app.core.text import Sentence, build_sentences, join_tokens
+from app.engine.funasr_engine import AsrHypothesis, FunasrEngine
+
+log = logging.getLogger(__name__)
+
+MAX_HOTWORDS = 100
+MAX_HOTWORD_CHARS = 64
+# Engine options a request may set, with their accepted ranges. Everything else is refused,
+# because FunASR's generate() takes arbitrary keyword arguments, some of which (device,
+# batch_size, output_dir) must never be client-controlled.
+ENGINE_OPTIONS = {"max_end_silence_ms": (100, 6000)}
+
+
+@dataclass(frozen=True)
+class RecognitionOptions:
+    punctuation: bool = True
+    word_times: bool = False
+    hotwords: tuple[str, ...] = ()
+    max_end_silence_ms: int | None = None
+
+    @staticmethod
+    def from_request(
+        punctuation: bool | None,
+        word_times: bool,
+        hotwords: Iterable[tuple[str, float]],
+        engine_options: dict[str, str],
+    ) -> RecognitionOptions:
+        phrases = []
+        for phrase, boost in hotwords:
+            phrase = phrase.strip()
+            if not phrase:
+                raise InvalidConfig("a hotword phrase is empty")
+            if len(phrase) > MAX_HOTWORD_CHARS:
+                raise InvalidConfig(f"hotword {phrase[:20]!r}... is longer than {MAX_HOTWORD_CHARS} characters")
+            if not 0 <= boost <= 100:
+                raise InvalidConfig(f"hotword {phrase!r} has boost {boost:g}; expected 0 to 100")
+            phrases.append(phrase)
+        if len(phrases) > MAX_HOTWORDS:
+            raise InvalidConfig(f"{len(phrases)} hotwords given; at most {MAX_HOTWORDS} are accepted")
+        end_silence = None
+        for key, raw in engine_options.items():
+            if key not in ENGINE_OPTIONS:
+                allowed = ", ".join(sorted(ENGINE_OPTIONS))
+                raise InvalidConfig(f"unknown engine option {key!r}; allowed: {allowed}")
+            lo, hi = ENGINE_OPTIONS[key]
+            try:
+                value = int(raw)
+            except ValueError:
+                raise InvalidConfig(f"engine option {key} must be an integer, not {raw!r}") from None
+            if not lo <= value <= hi:
+                raise InvalidConfig(f"engine option {key}={value} is out of range {lo}..{hi}")
+            end_silence = value
+        return RecognitionOptions(
+            punctuation=True if punctuation is None else punctuation,
+            word_times=word_times,
+            hotwords=tuple(sorted(set(phrases))),
+            max_end_silence_ms=end_silence,
+        )
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    sentences: tuple[Sentence, ...]
+    audio_duration_s: float
+    processing_s: float
+    model: str
+
+
+class RecognitionPipeline:
+    def __init__(self, engine: FunasrEngine, settings: Settings, model_name: str):
+        self.engine = engine
+        self.model_name = model_name
+        self.limits = AudioLimits(max_duration_s=settings.max_audio_seconds)
+        self.max_segment_samples = int(settings.max_segment_seconds * TARGET_SAMPLE_RATE_HZ)
+        self.admission = Admission(settings.max_queue_items, settings.max_queue_audio_seconds, model_name)
+        self.scheduler: BatchScheduler[AsrHypothesis] = BatchScheduler(
+            lambda segments, hotwords: engine.transcribe(segments, hotwords),
+            BatchPolicy(
+                max_batch_size=settings.max_batch_size,
+                max_batch_audio_s=settings.max_batch_audio_seconds,
+                max_wait_s=settings.max_batch_wait_ms / 1000.0,
+            ),
+            model_name,
+        )
+        # Decoding is CPU work that must stay off the event loop but must not queue behind the models.
+        self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="audio-decode")
+
+    async def start(self) -> None:
+        self.scheduler.start()
+
+    async def close(self) -> None:
+        await self.scheduler.close()
+        self._decoder.shutdown(wait=False, cancel_futures=True)
+        self.engine.close()
+
+    async def decode(self, audio: AudioInput) -> DecodedAudio:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._decoder, decode_audio, audio, self.limits)
+
+    async def recognize(self, audio: AudioInput, options: RecognitionOptions, deadline: float | None = None) -> Transcript:
+        """Raises the core errors (InvalidAudio, Overloaded, DeadlineExpired, ...) for the transport to map."""
+        start = time.perf_counter()
+        with self.admission.admit() as ticket:
+            decoded = await self.decode(audio)
+            ticket.add_audio(decoded.duration_s)
+            sentences = await self.recognize_samples(decoded.samples, options, deadline)
+        elapsed = time.perf_counter() - start
+        duration = decoded.duration_s
+        metrics.AUDIO_SECONDS.labels(self.model_name).observe(duration)
+        metrics.AUDIO_PROCESSED.labels(self.model_name).inc(duration)
+        metrics.RTF.labels(self.model_name).observe(elapsed / duration)
+        text = join_tokens([s.text for s in sentences], between_cjk="")
+        return Transcript(text, tuple(sentences), duration, elapsed, self.model_name)
+
+    async def recognize_samples(self, samples: np.ndarray, options: RecognitionOptions, deadline: float | None = None) -> list[Sentence]:
+        _check_deadline(deadline)
+        if self.engine.has_vad:
+            spans = await self.engine.detect_speech(samples, options.max_end_silence_ms)
+        else:
+            spans = [(0, int(len(samples) * 1000 / TARGET_SAMPLE_RATE_HZ))]
+        pieces = list(self._cut(samples, spans))
+        if not pieces:
+            return []
+        _check_deadline(deadline)
+        hyps = await _all_or_nothing(self.scheduler.submit(chunk, options.hotwords, deadline) for _, _, chunk in pieces)
+        segments = [(start_ms, end_ms, hyp) for (start_ms, end_ms, _), hyp in zip(pieces, hyps, strict=True)]
+        marks = None
+        if options.punctuation and self.engine.has_punctuation:
+            tokens = [t for _, _, hyp in segments for t in hyp.tokens]
+            marks = await self.engine.punctuate(tokens)
+            if marks is None:
+                log.warning("punctuation could not be aligned with %d tokens; returning unpunctuated segments", len(tokens))
+        return build_sentences(segments, marks, with_words=options.word_times)
+
+    def _cut(self, samples: np.ndarray, spans: list[tuple[int, int]]):
+        """Slice VAD spans out of the audio, cutting over-long ones so no batch item is huge."""
+        per_ms = TARGET_SAMPLE_RATE_HZ / 1000
+        for start_ms, end_ms in spans:
+            first, last = int(start_ms * per_ms), min(int(end_ms * per_ms), len(samples))
+            for offset in range(first, last, self.max_segment_samples):
+                chunk = samples[offset : min(offset + self.max_segment_samples, last)]
+                # Less than one feature frame of audio is nothing the model can decode.
+                if len(chunk) >= 400:
+                    yield int(offset / per_ms), int((offset + len(chunk)) / per_ms), chunk
+
+
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() >= deadline:
+        raise DeadlineExpired("the request's deadline passed before recognition could start")
+
+
+async def _all_or_nothing(awaitables: Iterable[Awaitable]) -> list:
+    """Like gather, but the first failure cancels the rest (their segments leave the queue)."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise

@@ -1,0 +1,246 @@
+"""The FunASR model wrapper: the only module that calls FunASR models.
+
+It loads the ASR, VAD and punctuation models through ``funasr.AutoModel`` exactly as users
+would, refuses weights that did not really load, warms each model up, and exposes three async
+operations that run on each model's own thread (see ``worker.py``):
+
+- ``detect_speech``: VAD segments of a whole recording;
+- ``transcribe``: ONE batched ASR call over many segments (from many requests);
+- ``punctuate``: punctuation marks for a token sequence.
+
+Nothing here knows about gRPC, requests or batching policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Importing funasr reconfigures the root logger: callers configure logging after importing this module.
+from funasr import AutoModel
+
+from app.config import Settings
+from app.engine.loader import ModelLoadError, ModelSource, is_disabled, resolve_model_dir, verify_weights
+from app.engine.worker import ModelWorker
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE_HZ = 16000
+
+
+@dataclass(frozen=True)
+class AsrHypothesis:
+    """What the ASR model made of one segment."""
+
+    tokens: tuple[str, ...]
+    # (start_ms, end_ms) per token, relative to the segment start; None when the model gives none
+    # or they do not line up with the tokens.
+    token_times_ms: tuple[tuple[int, int], ...] | None
+
+
+@dataclass
+class LoadReport:
+    """Timings and provenance of a load, for logs and metrics."""
+
+    sources: dict[str, ModelSource] = field(default_factory=dict)
+    load_seconds: dict[str, float] = field(default_factory=dict)
+    warmup_seconds: dict[str, float] = field(default_factory=dict)
+    tensors_verified: dict[str, int] = field(default_factory=dict)
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {requested} was requested but CUDA is not available (torch {torch.__version__})")
+        index = int(requested.split(":")[1]) if ":" in requested else 0
+        if index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {requested} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return f"cuda:{index}"
+    return "cpu"
+
+
+class FunasrEngine:
+    """ASR (+ optional VAD and punctuation) models, each confined to its own worker thread."""
+
+    def __init__(self, asr: AutoModel, vad: AutoModel | None, punc: AutoModel | None, device: str, report: LoadReport):
+        self.device = device
+        self.report = report
+        self._asr, self._vad, self._punc = asr, vad, punc
+        self._workers = {"asr": ModelWorker("asr")}
+        if vad is not None:
+            self._workers["vad"] = ModelWorker("vad")
+            # FunASR overwrites vad_opts.max_end_silence_time when a call passes one: remember the
+            # model's own value so a per-request setting never leaks into later requests.
+            self._vad_default_end_silence_ms = vad.model.vad_opts.max_end_silence_time
+        if punc is not None:
+            self._workers["punc"] = ModelWorker("punc")
+            self._punc_marks = ["" if p in ("_", "<unk>") else p for p in punc.model.punc_list]
+        # Test-only fault injection (issue: "one bad item must not fail its neighbours"): called on
+        # the worker thread with the segments of every ASR call; raising fails that call.
+        self.fault_hook: Callable[[Sequence[np.ndarray]], None] | None = None
+        self.asr_calls = 0  # engine calls made, observable by tests and metrics
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, settings: Settings) -> FunasrEngine:
+        import torch
+
+        device = resolve_device(settings.device)
+        threads = settings.torch_threads or len(os.sched_getaffinity(0))
+        report = LoadReport()
+        roles = {"asr": settings.asr_model, "vad": settings.vad_model, "punc": settings.punc_model}
+        if is_disabled(roles["asr"]):
+            raise ModelLoadError("an ASR model is required (asr_model is empty)")
+        models: dict[str, AutoModel | None] = {}
+        for role, spec in roles.items():
+            if is_disabled(spec):
+                models[role] = None
+                log.info("%s model disabled", role)
+                continue
+            source = resolve_model_dir(
+                role,
+                spec,
+                revision=settings.model_revision,
+                cache_dir=settings.model_cache_dir,
+                offline=settings.offline,
+                allow_random=settings.demo or settings.allow_random_weights,
+            )
+            report.sources[role] = source
+            start = time.perf_counter()
+            try:
+                model = AutoModel(
+                    model=str(source.path),
+                    device=device,
+                    ncpu=threads,
+                    disable_update=True,  # otherwise FunASR asks PyPI for a newer version, with no timeout
+                    disable_pbar=True,
+                    disable_log=True,
+                    check_latest=False,  # otherwise modelscope checks the hub for a newer snapshot
+                    hub="ms",
+                )
+            except ModelLoadError:
+                raise
+            except Exception as e:
+                raise ModelLoadError(f"{role} model in {source.path} failed to load: {type(e).__name__}: {e}") from e
+            report.tensors_verified[role] = verify_weights(role, model.model, model.kwargs.get("init_param"))
+            report.load_seconds[role] = time.perf_counter() - start
+            models[role] = model
+            log.info(
+                "loaded %s model from %s in %.2f s (%d tensors verified)%s",
+                role,
+                source.path,
+                report.load_seconds[role],
+                report.tensors_verified[role],
+                " -- RANDOM WEIGHTS, DEMO ONLY" if source.random_weights else "",
+            )
+        torch.set_num_threads(threads)
+        engine = cls(models["asr"], models["vad"], models["punc"], device, report)
+        engine.warm_up()
+        return engine
+
+    def warm_up(self) -> None:
+        """One real call per model, on its own thread, before the server reports SERVING."""
+        rng = np.random.default_rng(0)
+        t = np.arange(SAMPLE_RATE_HZ) / SAMPLE_RATE_HZ
+        audio = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
+        if self._vad is not None:
+            start = time.perf_counter()
+            self._workers["vad"].call(self._detect_speech, audio, None)
+            self.report.warmup_seconds["vad"] = time.perf_counter() - start
+        start = time.perf_counter()
+        hyp = self._workers["asr"].call(self._transcribe, [audio], ())
+        self.report.warmup_seconds["asr"] = time.perf_counter() - start
+        if self._punc is not None:
+            start = time.perf_counter()
+            self._workers["punc"].call(self._punctuate, list(hyp[0].tokens) or ["你", "好"])
+            self.report.warmup_seconds["punc"] = time.perf_counter() - start
+        self.asr_calls = 0
+        log.info("warm-up done: %s", {k: round(v, 3) for k, v in self.report.warmup_seconds.items()})
+
+    # ------------------------------------------------------------------ capabilities
+    @property
+    def has_vad(self) -> bool:
+        return self._vad is not None
+
+    @property
+    def has_punctuation(self) -> bool:
+        return self._punc is not None
+
+    @property
+    def random_weights(self) -> bool:
+        return any(s.random_weights for s in self.report.sources.values())
+
+    # ------------------------------------------------------------------ operations
+    async def detect_speech(self, samples: np.ndarray, max_end_silence_ms: int | None = None) -> list[tuple[int, int]]:
+        """Speech segments [(start_ms, end_ms)] of 16 kHz mono audio."""
+        if self._vad is None:
+            raise RuntimeError("no VAD model loaded")
+        return await self._workers["vad"].run(self._detect_speech, samples, max_end_silence_ms)
+
+    async def transcribe(self, segments: Sequence[np.ndarray], hotwords: tuple[str, ...] = ()) -> list[AsrHypothesis]:
+        """One batched engine call; results in input order."""
+        return await self._workers["asr"].run(self._transcribe, list(segments), hotwords)
+
+    async def punctuate(self, tokens: Sequence[str]) -> list[str] | None:
+        """A punctuation mark ('' for none) after each token, or None when they cannot be aligned."""
+        if self._punc is None:
+            raise RuntimeError("no punctuation model loaded")
+        return await self._workers["punc"].run(self._punctuate, list(tokens))
+
+    # ------------------------------------------------------------------ worker-thread bodies
+    def _detect_speech(self, samples: np.ndarray, max_end_silence_ms: int | None) -> list[tuple[int, int]]:
+        opts = self._vad.model.vad_opts
+        kwargs = {}
+        if max_end_silence_ms is None:
+            opts.max_end_silence_time = self._vad_default_end_silence_ms
+        else:
+            kwargs["max_end_silence_time"] = int(max_end_silence_ms)
+        result = self._vad.generate(input=samples, disable_pbar=True, **kwargs)
+        segments = result[0].get("value", []) if result else []
+        return [(int(s), int(e)) for s, e in segments if e > s]
+
+    def _transcribe(self, segments: list[np.ndarray], hotwords: tuple[str, ...]) -> list[AsrHypothesis]:
+        if self.fault_hook is not None:
+            self.fault_hook(segments)
+        kwargs = {"batch_size": len(segments), "disable_pbar": True}
+        if hotwords:
+            kwargs["hotword"] = " ".join(hotwords)
+        results = self._asr.generate(input=segments, **kwargs)
+        self.asr_calls += 1
+        if len(results) != len(segments):
+            raise RuntimeError(f"ASR returned {len(results)} results for {len(segments)} segments")
+        return [self._hypothesis(r) for r in results]
+
+    @staticmethod
+    def _hypothesis(result: dict) -> AsrHypothesis:
+        tokens = tuple(result.get("text", "").split())
+        stamps = result.get("timestamp")
+        times = None
+        if isinstance(stamps, list) and len(stamps) == len(tokens):
+            times = tuple((int(s), int(e)) for s, e in stamps)
+        return AsrHypothesis(tokens=tokens, token_times_ms=times)
+
+    def _punctuate(self, tokens: list[str]) -> list[str] | None:
+        if not tokens:
+            return []
+        result = self._punc.generate(input=" ".join(tokens), disable_pbar=True)
+        ids = result[0].get("punc_array") if result else None
+        if ids is None:
+            return None
+        ids = [int(i) for i in ids]
+        if len(ids) != len(tokens):
+            return None
+        return [self._punc_marks[i] if 0 <= i < len(self._punc_marks) else "" for i in ids]
+
+    def close(self) -> None:
+        for worker in self._workers.values():
+            worker.shutdown()

@@ -1,0 +1,112 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AudioEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AUDIO_ENCODING_UNSPECIFIED: _ClassVar[AudioEncoding]
+    AUDIO_ENCODING_LINEAR16: _ClassVar[AudioEncoding]
+    AUDIO_ENCODING_FLOAT32: _ClassVar[AudioEncoding]
+AUDIO_ENCODING_UNSPECIFIED: AudioEncoding
+AUDIO_ENCODING_LINEAR16: AudioEncoding
+AUDIO_ENCODING_FLOAT32: AudioEncoding
+
+class Hotword(_message.Message):
+    __slots__ = ("phrase", "boost")
+    PHRASE_FIELD_NUMBER: _ClassVar[int]
+    BOOST_FIELD_NUMBER: _ClassVar[int]
+    phrase: str
+    boost: float
+    def __init__(self, phrase: _Optional[str] = ..., boost: _Optional[float] = ...) -> None: ...
+
+class RecognitionConfig(_message.Message):
+    __slots__ = ("encoding", "sample_rate_hertz", "audio_channel_count", "enable_automatic_punctuation", "enable_word_time_offsets", "hotwords", "engine_options", "model")
+    class EngineOptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_HERTZ_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_CHANNEL_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ENABLE_AUTOMATIC_PUNCTUATION_FIELD_NUMBER: _ClassVar[int]
+    ENABLE_WORD_TIME_OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    HOTWORDS_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    encoding: AudioEncoding
+    sample_rate_hertz: int
+    audio_channel_count: int
+    enable_automatic_punctuation: bool
+    enable_word_time_offsets: bool
+    hotwords: _containers.RepeatedCompositeFieldContainer[Hotword]
+    engine_options: _containers.ScalarMap[str, str]
+    model: str
+    def __init__(self, encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hertz: _Optional[int] = ..., audio_channel_count: _Optional[int] = ..., enable_automatic_punctuation: _Optional[bool] = ..., enable_word_time_offsets: _Optional[bool] = ..., hotwords: _Optional[_Iterable[_Union[Hotword, _Mapping]]] = ..., engine_options: _Optional[_Mapping[str, str]] = ..., model: _Optional[str] = ...) -> None: ...
+
+class RecognitionAudio(_message.Message):
+    __slots__ = ("content",)
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    content: bytes
+    def __init__(self, content: _Optional[bytes] = ...) -> None: ...
+
+class RecognizeRequest(_message.Message):
+    __slots__ = ("config", "audio")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    config: RecognitionConfig
+    audio: RecognitionAudio
+    def __init__(self, config: _Optional[_Union[RecognitionConfig, _Mapping]] = ..., audio: _Optional[_Union[RecognitionAudio, _Mapping]] = ...) -> None: ...
+
+class WordInfo(_message.Message):
+    __slots__ = ("word", "start_time_ms", "end_time_ms")
+    WORD_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    word: str
+    start_time_ms: int
+    end_time_ms: int
+    def __init__(self, word: _Optional[str] = ..., start_time_ms: _Optional[int] = ..., end_time_ms: _Optional[int] = ...) -> None: ...
+
+class SpeechRecognitionAlternative(_message.Message):
+    __slots__ = ("transcript", "confidence", "words")
+    TRANSCRIPT_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    WORDS_FIELD_NUMBER: _ClassVar[int]
+    transcript: str
+    confidence: float
+    words: _containers.RepeatedCompositeFieldContainer[WordInfo]
+    def __init__(self, transcript: _Optional[str] = ..., confidence: _Optional[float] = ..., words: _Optional[_Iterable[_Union[WordInfo, _Mapping]]] = ...) -> None: ...
+
+class SpeechRecognitionResult(_message.Message):
+    __slots__ = ("alternatives", "start_time_ms", "end_time_ms")
+    ALTERNATIVES_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    alternatives: _containers.RepeatedCompositeFieldContainer[SpeechRecognitionAlternative]
+    start_time_ms: int
+    end_time_ms: int
+    def __init__(self, alternatives: _Optional[_Iterable[_Union[SpeechRecognitionAlternative, _Mapping]]] = ..., start_time_ms: _Optional[int] = ..., end_time_ms: _Optional[int] = ...) -> None: ...
+
+class RecognizeResponse(_message.Message):
+    __slots__ = ("results", "transcript", "audio_duration_ms", "processing_time_ms", "request_id", "model")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    TRANSCRIPT_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    PROCESSING_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SpeechRecognitionResult]
+    transcript: str
+    audio_duration_ms: int
+    processing_time_ms: int
+    request_id: str
+    model: str
+    def __init__(self, results: _Optional[_Iterable[_Union[SpeechRecognitionResult, _Mapping]]] = ..., transcript: _Optional[str] = ..., audio_duration_ms: _Optional[int] = ..., processing_time_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...

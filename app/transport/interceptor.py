@@ -1,0 +1,121 @@
+"""One interceptor around every RPC: request id, status mapping, metrics and the access log line.
+
+Servicers raise core exceptions; this is the only place that turns them into status codes
+(through ``errors.status_for``), so no handler ever leaks a traceback to a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+
+import grpc
+from grpc.aio import AbortError
+
+from app import metrics
+from app.transport.errors import status_for
+
+log = logging.getLogger("app.access")
+errlog = logging.getLogger(__name__)
+
+REQUEST_ID_KEY = "x-request-id"
+_VALID_ID = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+
+# Read by the log formatter and by servicers that put the id into responses.
+current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+class RequestFacts:
+    """What a servicer wants logged about its request (audio seconds, model)."""
+
+    def __init__(self) -> None:
+        self.audio_s: float | None = None
+        self.model: str | None = None
+        self.code: grpc.StatusCode | None = None  # set by servicers that answer errors in-band (legacy API)
+
+
+current_facts: contextvars.ContextVar[RequestFacts] = contextvars.ContextVar("request_facts")
+
+
+def _request_id(metadata) -> str:
+    for key, value in metadata or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and _VALID_ID.fullmatch(value):
+            return value
+    return uuid.uuid4().hex
+
+
+class RequestInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, quiet_methods: tuple[str, ...] = ("/grpc.health.v1.Health/", "/grpc.reflection.")):
+        self._quiet = quiet_methods
+
+    async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(self._quiet):
+            return handler
+        rpc = details.method.rsplit("/", 2)[-2].rsplit(".", 1)[-1] + "." + details.method.rsplit("/", 1)[-1]
+        rid = _request_id(details.invocation_metadata)
+
+        def wrap_unary_response(behavior):
+            async def wrapped(request_or_iterator, context: grpc.aio.ServicerContext):
+                token = current_request_id.set(rid)
+                facts = RequestFacts()
+                facts_token = current_facts.set(facts)
+                context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+                metrics.IN_FLIGHT.labels(rpc).inc()
+                start = time.perf_counter()
+                code = grpc.StatusCode.OK
+                try:
+                    return await behavior(request_or_iterator, context)
+                except AbortError:
+                    code = context.code() or grpc.StatusCode.UNKNOWN
+                    raise
+                except BaseException as error:
+                    if isinstance(error, asyncio.CancelledError):
+                        code = grpc.StatusCode.CANCELLED
+                        raise
+                    code, message = status_for(error, rid)
+                    if code is grpc.StatusCode.INTERNAL:
+                        errlog.exception("unhandled error in %s", rpc)
+                    await context.abort(code, message)
+                finally:
+                    code = facts.code or code
+                    elapsed = time.perf_counter() - start
+                    metrics.IN_FLIGHT.labels(rpc).dec()
+                    metrics.REQUESTS.labels(rpc, code.name).inc()
+                    metrics.REQUEST_LATENCY.labels(rpc, code.name).observe(elapsed)
+                    log.info(
+                        "%s %s",
+                        rpc,
+                        code.name,
+                        extra={
+                            "rpc": rpc,
+                            "code": code.name,
+                            "latency_ms": round(elapsed * 1000, 1),
+                            "audio_s": None if facts.audio_s is None else round(facts.audio_s, 3),
+                            "model": facts.model,
+                            "peer": context.peer(),
+                        },
+                    )
+                    current_facts.reset(facts_token)
+                    current_request_id.reset(token)
+
+            return wrapped
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                wrap_unary_response(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                wrap_unary_response(handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

@@ -1,0 +1,69 @@
+"""The recipe's ASRService, wire-compatible: errors go in-band (success=false, error_msg).
+
+Its clients check ``success`` rather than status codes, so every failure becomes a TextResponse;
+the status recorded in metrics and logs is still the one the v1 API would have used.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from app.core.audio import AudioInput
+from app.core.errors import LimitExceeded, RecognitionError
+from app.core.pipeline import RecognitionOptions
+from app.core.service import RecognitionService
+from app.gen import asr_service_pb2, asr_service_pb2_grpc
+from app.transport.errors import status_for
+from app.transport.interceptor import current_facts, current_request_id
+from app.transport.v1_servicer import deadline_of
+
+log = logging.getLogger(__name__)
+
+
+class LegacyAsrServicer(asr_service_pb2_grpc.ASRServiceServicer):
+    def __init__(self, service: RecognitionService, max_upload_bytes: int):
+        self._service = service
+        self._max_upload_bytes = max_upload_bytes
+
+    async def Recognize(self, request: asr_service_pb2.AudioRequest, context: grpc.aio.ServicerContext):
+        return await self._answer(request.audio_data, request.format, context)
+
+    async def StreamRecognize(self, request_iterator, context: grpc.aio.ServicerContext):
+        try:
+            parts, size = [], 0
+            async for chunk in request_iterator:
+                size += len(chunk.data)
+                if size > self._max_upload_bytes:
+                    raise LimitExceeded(
+                        f"upload is larger than the limit of {self._max_upload_bytes} bytes (server setting max_receive_message_bytes)"
+                    )
+                parts.append(chunk.data)
+                if chunk.is_final:
+                    break
+        except RecognitionError as error:
+            return self._failure(error)
+        return await self._answer(b"".join(parts), "", context)
+
+    async def _answer(self, data: bytes, format_hint: str, context) -> asr_service_pb2.TextResponse:
+        facts = current_facts.get()
+        try:
+            pipeline = self._service.pipeline()
+            facts.model = pipeline.model_name
+            transcript = await pipeline.recognize(
+                AudioInput(data, format_hint=format_hint.strip().lower()), RecognitionOptions(), deadline_of(context)
+            )
+        except Exception as error:
+            return self._failure(error)
+        facts.audio_s = transcript.audio_duration_s
+        return asr_service_pb2.TextResponse(text=transcript.text, success=True)
+
+    @staticmethod
+    def _failure(error: Exception) -> asr_service_pb2.TextResponse:
+        rid = current_request_id.get()
+        code, message = status_for(error, rid)
+        if code is grpc.StatusCode.INTERNAL:
+            log.error("unhandled error in legacy ASRService", exc_info=error)
+        current_facts.get().code = code
+        return asr_service_pb2.TextResponse(success=False, error_msg=message)
