@@ -59,6 +59,7 @@ def _fetch_models(args: argparse.Namespace) -> int:
                 revision=settings.model_revision,
                 cache_dir=settings.model_cache_dir,
                 offline=settings.offline,
+                download_timeout_s=settings.download_timeout_s,
                 allow_random=settings.allow_random_weights,
             )
             print(f"{role}: {source.path}")
@@ -130,9 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser(
-        "serve", help="run the gRPC server", description="Run the gRPC server. Every flag has an ASR_* environment variable."
-    )
+    serve = sub.add_parser("serve", help="run the gRPC server", description="Run the gRPC server. Every flag has an ASR_* environment variable.")
     add_arguments(serve)
     serve.set_defaults(func=_serve)
 

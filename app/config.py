@@ -83,19 +83,21 @@ class Settings:
 
     # --- server ---
     host: str = _opt("Address the gRPC server listens on.", group="server", default="0.0.0.0")
-    port: int = _opt("gRPC port.", group="server", default=50051)
+    port: int = _opt("gRPC port (0 picks a free one, logged at start).", group="server", default=50051)
     max_receive_message_bytes: int = _opt(
         "Largest request message accepted (a 5-minute 16 kHz 16-bit wav is 9.6 MB).",
         group="server",
         default=64 * MIB,
     )
     max_send_message_bytes: int = _opt("Largest response message sent.", group="server", default=16 * MIB)
-    max_audio_seconds: float = _opt("Longest audio accepted in one request, after decoding.", group="server", default=3 * 3600.0)
+    max_audio_seconds: float = _opt("Longest audio accepted in one request, after decoding.", group="server", default=3600.0)
     shutdown_grace_s: float = _opt(
         "On SIGTERM: how long in-flight requests may take to finish before the server exits.",
         group="server",
         default=30.0,
     )
+
+    metrics_port: int = _opt("Port of the Prometheus /metrics HTTP endpoint (0 turns it off).", group="server", default=9400)
 
     # --- batching ---
     max_batch_size: int = _opt("Most speech segments decoded in one engine call (1 turns batching off).", group="batching", default=16)
@@ -139,7 +141,6 @@ class Settings:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
         positive = (
-            "port",
             "max_receive_message_bytes",
             "max_send_message_bytes",
             "max_audio_seconds",
@@ -153,11 +154,12 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
-        for name in ("max_batch_wait_ms", "shutdown_grace_s", "torch_threads"):
+        for name in ("port", "metrics_port", "max_batch_wait_ms", "shutdown_grace_s", "torch_threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, not {getattr(self, name)}")
-        if not self.port < 65536:
-            raise ConfigError(f"port must be below 65536, not {self.port}")
+        for name in ("port", "metrics_port"):
+            if getattr(self, name) > 65535:
+                raise ConfigError(f"{name} must be below 65536, not {getattr(self, name)}")
         return self
 
     def public_dict(self) -> dict[str, Any]:

@@ -22,6 +22,13 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
+class _QuietRootFilter(logging.Filter):
+    """FunASR logs its per-call chatter through the root logger at INFO; ops need none of it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != "root" or record.levelno >= logging.WARNING
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -54,6 +61,8 @@ def configure(level: str = "INFO", fmt: str = "auto") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(_RequestIdFilter())
+    if level != "DEBUG":
+        handler.addFilter(_QuietRootFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -25,9 +25,7 @@ MODEL_WARMUP_SECONDS = Gauge(f"{PREFIX}_model_warmup_seconds", "Time of each mod
 MODEL_READY = Gauge(f"{PREFIX}_model_ready", "1 when the model pipeline is loaded, warmed up and serving", ["model"])
 
 REQUESTS = Counter(f"{PREFIX}_requests_total", "Finished RPCs by method and status code", ["rpc", "code"])
-REQUEST_LATENCY = Histogram(
-    f"{PREFIX}_request_duration_seconds", "RPC latency by method and status code", ["rpc", "code"], buckets=LATENCY_BUCKETS
-)
+REQUEST_LATENCY = Histogram(f"{PREFIX}_request_duration_seconds", "RPC latency by method and status code", ["rpc", "code"], buckets=LATENCY_BUCKETS)
 IN_FLIGHT = Gauge(f"{PREFIX}_requests_in_flight", "RPCs being served now", ["rpc"])
 REJECTED = Counter(f"{PREFIX}_rejected_total", "Requests refused by admission control (overload)", ["model", "reason"])
 
@@ -37,9 +35,7 @@ RTF = Histogram(f"{PREFIX}_real_time_factor", "Processing time divided by audio 
 
 QUEUE_ITEMS = Gauge(f"{PREFIX}_queue_requests", "Requests admitted and not yet answered", ["model"])
 QUEUE_AUDIO = Gauge(f"{PREFIX}_queue_audio_seconds", "Audio of requests admitted and not yet answered", ["model"])
-QUEUE_WAIT = Histogram(
-    f"{PREFIX}_batch_queue_wait_seconds", "Time a segment waited for its batch to start", ["model"], buckets=QUEUE_BUCKETS
-)
+QUEUE_WAIT = Histogram(f"{PREFIX}_batch_queue_wait_seconds", "Time a segment waited for its batch to start", ["model"], buckets=QUEUE_BUCKETS)
 BATCH_SIZE = Histogram(f"{PREFIX}_batch_size", "Segments per engine call", ["model"], buckets=BATCH_BUCKETS)
 BATCH_SECONDS = Histogram(f"{PREFIX}_batch_duration_seconds", "Duration of one batched engine call", ["model"], buckets=LATENCY_BUCKETS)
 DROPPED_BEFORE_MODEL = Counter(

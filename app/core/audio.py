@@ -108,9 +108,7 @@ class _Collector:
         self.max_frames_in = math.ceil(limits.max_duration_s * sample_rate_hz)
         self.parts: list[np.ndarray] = []
         self.resampler = (
-            None
-            if sample_rate_hz == TARGET_SAMPLE_RATE_HZ
-            else soxr.ResampleStream(sample_rate_hz, TARGET_SAMPLE_RATE_HZ, 1, dtype="float32", quality="VHQ")
+            None if sample_rate_hz == TARGET_SAMPLE_RATE_HZ else soxr.ResampleStream(sample_rate_hz, TARGET_SAMPLE_RATE_HZ, 1, dtype="float32", quality="VHQ")
         )
 
     def add(self, block: np.ndarray) -> None:
@@ -122,9 +120,7 @@ class _Collector:
             raise InvalidAudio("the audio contains NaN or infinite sample values")
         self.frames_in += len(block)
         if self.frames_in > self.max_frames_in:
-            raise LimitExceeded(
-                f"audio is longer than the limit of {self.limits.max_duration_s:g} seconds (server setting max_audio_seconds)"
-            )
+            raise LimitExceeded(f"audio is longer than the limit of {self.limits.max_duration_s:g} seconds (server setting max_audio_seconds)")
         if self.resampler is not None:
             block = self.resampler.resample_chunk(block)
         if len(block):
@@ -140,9 +136,7 @@ class _Collector:
         np.clip(samples, -1.0, 1.0, out=samples)
         duration = self.frames_in / self.sample_rate_hz
         if duration < self.limits.min_duration_s:
-            raise InvalidAudio(
-                f"audio is too short: {duration * 1000:.1f} ms decoded, at least {self.limits.min_duration_s * 1000:.0f} ms needed"
-            )
+            raise InvalidAudio(f"audio is too short: {duration * 1000:.1f} ms decoded, at least {self.limits.min_duration_s * 1000:.0f} ms needed")
         return DecodedAudio(samples, self.sample_rate_hz, self.channels, container)
 
 
@@ -161,8 +155,7 @@ def _decode_pcm(inp: AudioInput, limits: AudioLimits) -> DecodedAudio:
     frame_bytes = width * channels
     if len(inp.data) % frame_bytes:
         raise InvalidAudio(
-            f"raw PCM length {len(inp.data)} bytes is not a whole number of frames "
-            f"({frame_bytes} bytes each: {width}-byte samples x {channels} channel(s))"
+            f"raw PCM length {len(inp.data)} bytes is not a whole number of frames ({frame_bytes} bytes each: {width}-byte samples x {channels} channel(s))"
         )
     collector = _Collector(inp.sample_rate_hz, channels, limits)
     dtype = np.dtype("<i2") if width == 2 else np.dtype("<f4")
@@ -212,8 +205,7 @@ def _decode_av(data: bytes, container: str | None, limits: AudioLimits) -> Decod
     except (av.error.FFmpegError, ValueError, IndexError, EOFError) as e:
         if container is None:
             raise InvalidAudio(
-                "not a recognised audio format (expected wav, flac, ogg, mp3, m4a/aac, webm, ...); "
-                "for raw PCM set the encoding and sample_rate_hertz"
+                "not a recognised audio format (expected wav, flac, ogg, mp3, m4a/aac, webm, ...); for raw PCM set the encoding and sample_rate_hertz"
             ) from None
         raise InvalidAudio(f"could not decode the {name} data: {_clean_reason(str(e))}") from None
     if collector is None:
@@ -264,7 +256,5 @@ def decode_audio(inp: AudioInput, limits: AudioLimits) -> DecodedAudio:
     else:
         decoded = _decode_av(inp.data, container, limits)
     if inp.sample_rate_hz and inp.sample_rate_hz != decoded.source_sample_rate_hz:
-        raise InvalidAudio(
-            f"sample_rate_hertz {inp.sample_rate_hz} does not match the file's {decoded.source_sample_rate_hz} Hz; leave it 0 for files"
-        )
+        raise InvalidAudio(f"sample_rate_hertz {inp.sample_rate_hz} does not match the file's {decoded.source_sample_rate_hz} Hz; leave it 0 for files")
     return decoded

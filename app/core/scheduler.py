@@ -163,9 +163,7 @@ class BatchScheduler(Generic[R]):
             right = candidates[hi + 1] if hi + 1 < len(candidates) else None
             if left is None and right is None:
                 break
-            pick_right = left is None or (
-                right is not None and len(right.samples) - len(anchor.samples) <= len(anchor.samples) - len(left.samples)
-            )
+            pick_right = left is None or (right is not None and len(right.samples) - len(anchor.samples) <= len(anchor.samples) - len(left.samples))
             new_lo, new_hi = (lo, hi + 1) if pick_right else (lo - 1, hi)
             longest = max(i.seconds for i in candidates[new_lo : new_hi + 1])
             if longest * (new_hi - new_lo + 1) > self.policy.max_batch_audio_s:

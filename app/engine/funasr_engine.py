@@ -68,6 +68,33 @@ def resolve_device(requested: str) -> str:
     return "cpu"
 
 
+def _mask_padded_encoder_frames(model) -> None:
+    """Make batched decoding give each segment the text it gets alone.
+
+    Paraformer's encoder leaves non-zero values in the padded frames of a batch, and the CIF
+    predictor reads them: its context convolution looks one frame ahead, and its tail step
+    integrates the frame after the last real one. Alone, that frame is zero padding; in a batch
+    it is leftover encoder output, which can change a segment's last token. Zeroing the padded
+    frames restores batch invariance, which dynamic batching across requests depends on.
+    """
+    import torch
+
+    encode = getattr(model, "encode", None)
+    if encode is None:
+        return
+
+    def masked_encode(speech, speech_lengths, *args, **kwargs):
+        out = encode(speech, speech_lengths, *args, **kwargs)
+        if not (isinstance(out, tuple) and len(out) == 2 and out[0].dim() == 3 and out[0].shape[0] > 1):
+            return out
+        encoder_out, lengths = out
+        frames = torch.arange(encoder_out.shape[1], device=encoder_out.device)
+        mask = (frames[None, :] < lengths[:, None].to(encoder_out.device)).unsqueeze(-1)
+        return encoder_out * mask.to(encoder_out.dtype), lengths
+
+    model.encode = masked_encode
+
+
 class FunasrEngine:
     """ASR (+ optional VAD and punctuation) models, each confined to its own worker thread."""
 
@@ -75,6 +102,7 @@ class FunasrEngine:
         self.device = device
         self.report = report
         self._asr, self._vad, self._punc = asr, vad, punc
+        _mask_padded_encoder_frames(asr.model)
         self._workers = {"asr": ModelWorker("asr")}
         if vad is not None:
             self._workers["vad"] = ModelWorker("vad")
@@ -112,6 +140,7 @@ class FunasrEngine:
                 revision=settings.model_revision,
                 cache_dir=settings.model_cache_dir,
                 offline=settings.offline,
+                download_timeout_s=settings.download_timeout_s,
                 allow_random=settings.demo or settings.allow_random_weights,
             )
             report.sources[role] = source

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,9 @@ def _check_hub_reachable(timeout_s: float = 5.0) -> None:
         ) from None
 
 
-def resolve_model_dir(role: str, spec: str, *, revision: str, cache_dir: str, offline: bool, allow_random: bool) -> ModelSource:
+def resolve_model_dir(
+    role: str, spec: str, *, revision: str, cache_dir: str, offline: bool, allow_random: bool, download_timeout_s: float = 1800.0
+) -> ModelSource:
     """Turn a directory or hub id into a local directory, downloading only for a hub id that is not cached."""
     expanded = Path(os.path.expanduser(spec))
     hub_id = None
@@ -77,7 +80,7 @@ def resolve_model_dir(role: str, spec: str, *, revision: str, cache_dir: str, of
         raise ModelLoadError(f"{role} model {spec!r} is a file; pass the model's directory")
     elif _looks_like_hub_id(spec):
         hub_id = spec
-        path = _fetch_from_hub(role, spec, revision=revision, cache_dir=cache_dir, offline=offline)
+        path = _fetch_from_hub(role, spec, revision=revision, cache_dir=cache_dir, offline=offline, timeout_s=download_timeout_s)
     else:
         raise ModelLoadError(f"{role} model directory {spec!r} does not exist (and it is not a hub id like 'iic/name')")
     random_weights = (path / RANDOM_WEIGHTS_MARKER).exists()
@@ -91,24 +94,36 @@ def resolve_model_dir(role: str, spec: str, *, revision: str, cache_dir: str, of
     return ModelSource(role=role, spec=spec, path=path, hub_id=hub_id, random_weights=random_weights)
 
 
-def _fetch_from_hub(role: str, hub_id: str, *, revision: str, cache_dir: str, offline: bool) -> Path:
+def _fetch_from_hub(role: str, hub_id: str, *, revision: str, cache_dir: str, offline: bool, timeout_s: float) -> Path:
     from modelscope.hub.snapshot_download import snapshot_download
 
     try:
         return Path(snapshot_download(hub_id, revision=revision, cache_dir=cache_dir, local_files_only=True))
     except Exception:  # modelscope raises its own CacheNotFound / ValueError on a miss
         if offline:
-            raise ModelLoadError(
-                f"{role} model {hub_id} is not in the model cache {cache_dir} and --offline forbids downloading it"
-            ) from None
+            raise ModelLoadError(f"{role} model {hub_id} is not in the model cache {cache_dir} and --offline forbids downloading it") from None
     _check_hub_reachable()
     log.info("downloading %s model %s (revision %s) into %s", role, hub_id, revision, cache_dir)
     start = time.monotonic()
-    try:
-        path = Path(snapshot_download(hub_id, revision=revision, cache_dir=cache_dir))
-    except Exception as e:
+    # snapshot_download has no overall timeout: run it on a daemon thread and stop waiting.
+    outcome: dict[str, object] = {}
+
+    def download() -> None:
+        try:
+            outcome["path"] = snapshot_download(hub_id, revision=revision, cache_dir=cache_dir)
+        except Exception as e:  # reported below as one line
+            outcome["error"] = e
+
+    worker = threading.Thread(target=download, name=f"download-{role}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise ModelLoadError(f"downloading {role} model {hub_id} took longer than {timeout_s:g} s (download_timeout_s)")
+    if "error" in outcome:
+        e = outcome["error"]
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"could not download {role} model {hub_id} (revision {revision}): {first_line}") from None
+        raise ModelLoadError(f"could not download {role} model {hub_id} (revision {revision}): {first_line}")
+    path = Path(str(outcome["path"]))
     log.info("downloaded %s model %s in %.1f s", role, hub_id, time.monotonic() - start)
     return path
 

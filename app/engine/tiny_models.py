@@ -105,8 +105,7 @@ def _save(model_dir: Path, config: dict, model, tokens: list[str] | None, mvn_di
         encoding="utf-8",
     )
     (model_dir / RANDOM_WEIGHTS_MARKER).write_text(
-        "This model has RANDOM weights. It was built by paraformer-asr for tests, demos and benchmarks.\n"
-        "Its transcripts are deterministic nonsense.\n",
+        "This model has RANDOM weights. It was built by paraformer-asr for tests, demos and benchmarks.\nIts transcripts are deterministic nonsense.\n",
         encoding="utf-8",
     )
 
@@ -212,8 +211,8 @@ def build_asr_model(model_dir: Path, dims: AsrDims = TINY_ASR, seed: int = 0) ->
             if layer is not None:
                 layer.weight.mul_(0.05)
                 layer.bias.fill_(-1.0)
-        # Keep <blank>, <s>, </s> and <unk> out of the argmax so that text is never empty.
         out = model.decoder.output_layer
+        # Keep <blank>, <s>, </s> and <unk> out of the argmax so that text is never empty.
         for idx in (0, 1, 2, len(tokens) - 1):
             out.bias[idx] = -1e4
     _save(model_dir, config, model, tokens, mvn_dim=80 * 7, task="auto-speech-recognition")
@@ -355,7 +354,7 @@ def build_demo_models(root: Path, seed: int = 0, asr_dims: AsrDims = TINY_ASR) -
     """Build (or reuse, when already built with the same settings) the ASR, VAD and punctuation models."""
     root = Path(root)
     stamp = root / "BUILD_SETTINGS.json"
-    wanted = {"seed": seed, "asr_dims": asr_dims.__dict__, "format": 1}
+    wanted = {"seed": seed, "asr_dims": asr_dims.__dict__, "format": 3}
     dirs = DemoModelDirs(asr=root / "asr", vad=root / "vad", punc=root / "punc")
     if stamp.exists() and json.loads(stamp.read_text()) == wanted and all((d / "model.pt").exists() for d in dirs.__dict__.values()):
         return dirs

@@ -36,9 +36,7 @@ class LegacyAsrServicer(asr_service_pb2_grpc.ASRServiceServicer):
             async for chunk in request_iterator:
                 size += len(chunk.data)
                 if size > self._max_upload_bytes:
-                    raise LimitExceeded(
-                        f"upload is larger than the limit of {self._max_upload_bytes} bytes (server setting max_receive_message_bytes)"
-                    )
+                    raise LimitExceeded(f"upload is larger than the limit of {self._max_upload_bytes} bytes (server setting max_receive_message_bytes)")
                 parts.append(chunk.data)
                 if chunk.is_final:
                     break
@@ -51,9 +49,7 @@ class LegacyAsrServicer(asr_service_pb2_grpc.ASRServiceServicer):
         try:
             pipeline = self._service.pipeline()
             facts.model = pipeline.model_name
-            transcript = await pipeline.recognize(
-                AudioInput(data, format_hint=format_hint.strip().lower()), RecognitionOptions(), deadline_of(context)
-            )
+            transcript = await pipeline.recognize(AudioInput(data, format_hint=format_hint.strip().lower()), RecognitionOptions(), deadline_of(context))
         except Exception as error:
             return self._failure(error)
         facts.audio_s = transcript.audio_duration_s
