@@ -33,6 +33,8 @@ AUDIO_SECONDS = Histogram(f"{PREFIX}_audio_duration_seconds", "Duration of audio
 AUDIO_PROCESSED = Counter(f"{PREFIX}_audio_processed_seconds_total", "Audio recognized, in seconds", ["model"])
 RTF = Histogram(f"{PREFIX}_real_time_factor", "Processing time divided by audio duration, per request", ["model"], buckets=RTF_BUCKETS)
 
+STREAMS_OPEN = Gauge(f"{PREFIX}_streams_open", "Streaming recognitions open now", ["model"])
+
 QUEUE_ITEMS = Gauge(f"{PREFIX}_queue_requests", "Requests admitted and not yet answered", ["model"])
 QUEUE_AUDIO = Gauge(f"{PREFIX}_queue_audio_seconds", "Audio of requests admitted and not yet answered", ["model"])
 QUEUE_WAIT = Histogram(f"{PREFIX}_batch_queue_wait_seconds", "Time a segment waited for its batch to start", ["model"], buckets=QUEUE_BUCKETS)
@@ -44,3 +46,13 @@ DROPPED_BEFORE_MODEL = Counter(
     ["model", "reason"],
 )
 ENGINE_FAILURES = Counter(f"{PREFIX}_engine_failures_total", "Engine calls that raised", ["model"])
+
+
+def init_model_series(model: str) -> None:
+    """Create the labelled series of a model at zero, so dashboards and alerts see them before traffic."""
+    for gauge in (QUEUE_ITEMS, QUEUE_AUDIO, STREAMS_OPEN):
+        gauge.labels(model).set(0)
+    for counter in (AUDIO_PROCESSED, ENGINE_FAILURES):
+        counter.labels(model)
+    REJECTED.labels(model, "queue_full")
+    REJECTED.labels(model, "queue_audio")

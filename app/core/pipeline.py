@@ -111,6 +111,7 @@ class RecognitionPipeline:
         self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="audio-decode")
 
     async def start(self) -> None:
+        metrics.init_model_series(self.model_name)
         self.scheduler.start()
 
     async def close(self) -> None:

@@ -60,6 +60,11 @@ async def start_server(settings: Settings) -> RunningServer:
     if port == 0:
         raise OSError(f"cannot listen on {settings.host}:{settings.port}")
     await server.start()
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr=settings.host)
+        log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
     running = RunningServer(server, port, service, health_servicer)
     await running.set_serving(False)
     log.info("listening on %s:%d (not serving until models are loaded)", settings.host, port)
@@ -88,11 +93,6 @@ async def serve(settings: Settings, started: asyncio.Event | None = None) -> int
     from app.engine.loader import ModelLoadError
 
     running = await start_server(settings)
-    if settings.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(settings.metrics_port, addr=settings.host)
-        log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
