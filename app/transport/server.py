@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import platform
 import signal
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from app import __version__, metrics
 from app.config import Settings
 from app.core.pipeline import RecognitionPipeline
 from app.core.service import RecognitionService
@@ -49,6 +51,7 @@ def channel_options(settings: Settings) -> list[tuple[str, int]]:
 
 async def start_server(settings: Settings) -> RunningServer:
     """Listen at once (health NOT_SERVING) so probes and clients get answers while models load."""
+    metrics.BUILD_INFO.info({"version": __version__, "grpcio": grpc.__version__, "python": platform.python_version()})
     server = grpc.aio.server(interceptors=[RequestInterceptor()], options=channel_options(settings))
     service = RecognitionService()
     asr_pb2_grpc.add_RecognizerServicer_to_server(RecognizerServicer(service), server)
@@ -82,9 +85,16 @@ def derive_model_name(settings: Settings) -> str:
 async def load_pipeline(settings: Settings) -> RecognitionPipeline:
     from app.engine.funasr_engine import FunasrEngine  # imports torch and funasr: seconds
 
+    name = derive_model_name(settings)
+    metrics.MODEL_READY.labels(name).set(0)
     engine = await asyncio.to_thread(FunasrEngine.load, settings)
-    pipeline = RecognitionPipeline(engine, settings, derive_model_name(settings))
+    for role, seconds in engine.report.load_seconds.items():
+        metrics.MODEL_LOAD_SECONDS.labels(name, role).set(seconds)
+    for role, seconds in engine.report.warmup_seconds.items():
+        metrics.MODEL_WARMUP_SECONDS.labels(name, role).set(seconds)
+    pipeline = RecognitionPipeline(engine, settings, name)
     await pipeline.start()
+    metrics.MODEL_READY.labels(name).set(1)
     return pipeline
 
 
