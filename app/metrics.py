@@ -56,3 +56,155 @@ def init_model_series(model: str) -> None:
         counter.labels(model)
     REJECTED.labels(model, "queue_full")
     REJECTED.labels(model, "queue_audio")
+
+
+# ================================================================ GPU (read at scrape time)
+# Not instruments that code updates, but a collector that reads torch.cuda and NVML when
+# Prometheus scrapes. It reports only the GPUs that this process has put to work:
+#
+#   paraformer_asr_gpu_memory_allocated_bytes{device}  memory held by live tensors (torch.cuda)
+#   paraformer_asr_gpu_memory_reserved_bytes{device}   memory held by torch's caching allocator
+#   paraformer_asr_gpu_memory_total_bytes{device}      the device's memory size
+#   paraformer_asr_gpu_utilization_ratio{device}       busy fraction over NVML's last sample
+#                                                      period (0..1); only with nvidia-ml-py
+#
+# ``device`` is torch's name for it (``cuda:0``), so a handful of values at most. On a CPU
+# machine, before the model is on a GPU, or when torch or NVML fail, the series are absent and
+# the scrape goes on. The collector never imports torch (a process that has not imported it
+# cannot have a GPU in use) and never initialises CUDA: reading the properties of an
+# uninitialised device would create a CUDA context (hundreds of MiB) just to be observed.
+# nvidia-ml-py (import name ``pynvml``) is optional and not a dependency: install it in the
+# image to get utilisation.
+
+import contextlib as _contextlib  # noqa: E402  (kept with the section that uses them)
+import logging as _logging  # noqa: E402
+import sys as _sys  # noqa: E402
+import threading as _threading  # noqa: E402
+from collections.abc import Iterator as _Iterator  # noqa: E402
+
+from prometheus_client import REGISTRY as _REGISTRY  # noqa: E402
+from prometheus_client.metrics_core import GaugeMetricFamily as _GaugeMetricFamily  # noqa: E402
+from prometheus_client.registry import Collector as _Collector  # noqa: E402
+
+_gpu_log = _logging.getLogger(__name__ + ".gpu")
+
+
+def _uuid_key(uuid: object) -> str:
+    """NVML says ``GPU-1a2b...`` (bytes in old bindings); torch says ``1a2b...``."""
+    text = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+    text = text.strip().lower()
+    return text[4:] if text.startswith("gpu-") else text
+
+
+class GpuCollector(_Collector):
+    """GPU memory (torch.cuda) and utilisation (NVML) of the devices this process uses."""
+
+    def __init__(self) -> None:
+        self._lock = _threading.Lock()
+        self._nvml = None  # the pynvml module once nvmlInit succeeded
+        self._nvml_tried = False
+        self._nvml_handles: dict[str, object] = {}  # uuid -> handle
+        self._warned: set[str] = set()
+
+    def _families(self) -> tuple[_GaugeMetricFamily, ...]:
+        return (
+            _GaugeMetricFamily(f"{PREFIX}_gpu_memory_allocated_bytes", "GPU memory held by live tensors", labels=["device"]),
+            _GaugeMetricFamily(f"{PREFIX}_gpu_memory_reserved_bytes", "GPU memory held by torch's caching allocator", labels=["device"]),
+            _GaugeMetricFamily(f"{PREFIX}_gpu_memory_total_bytes", "Total memory of the GPU", labels=["device"]),
+            _GaugeMetricFamily(f"{PREFIX}_gpu_utilization_ratio", "Fraction of time the GPU was busy over NVML's last sample period (0..1)", labels=["device"]),
+        )
+
+    def describe(self) -> _Iterator[_GaugeMetricFamily]:
+        # Names only: lets the registry refuse a second registration without calling collect().
+        return iter(self._families())
+
+    def collect(self) -> _Iterator[_GaugeMetricFamily]:
+        try:
+            families = self._read()
+        except Exception as error:  # a scrape must never fail because of a GPU query
+            self._warn_once("collect", "GPU metrics unavailable: %s", error)
+            return
+        for family in families:
+            if family.samples:
+                yield family
+
+    def _torch_cuda(self):
+        """torch.cuda when this process has already initialised CUDA, else None."""
+        torch = _sys.modules.get("torch")
+        cuda = getattr(torch, "cuda", None) if torch is not None else None
+        if cuda is None:
+            return None
+        # is_initialized() first: it has no side effects, and an initialised CUDA is available.
+        if not cuda.is_initialized() or not cuda.is_available():
+            return None
+        return cuda
+
+    def _read(self) -> tuple[_GaugeMetricFamily, ...]:
+        allocated, reserved, total, utilization = families = self._families()
+        cuda = self._torch_cuda()
+        if cuda is None:
+            return families
+        for index in range(cuda.device_count()):
+            device = f"cuda:{index}"
+            props = cuda.get_device_properties(index)
+            allocated.add_metric([device], float(cuda.memory_allocated(index)))
+            reserved.add_metric([device], float(cuda.memory_reserved(index)))
+            total.add_metric([device], float(props.total_memory))
+            ratio = self._utilization(getattr(props, "uuid", None))
+            if ratio is not None:
+                utilization.add_metric([device], ratio)
+        return families
+
+    def _utilization(self, uuid: object) -> float | None:
+        if uuid is None:
+            return None
+        nvml = self._nvml_module()
+        if nvml is None:
+            return None
+        handle = self._nvml_handles.get(_uuid_key(uuid))
+        if handle is None:
+            return None
+        try:
+            return nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0
+        except Exception as error:  # e.g. NVML_ERROR_NOT_SUPPORTED on some MIG slices
+            self._warn_once("nvml-util", "NVML utilisation unavailable: %s", error)
+            return None
+
+    def _nvml_module(self):
+        """pynvml, initialised once (with a uuid -> handle map); None when absent or failing."""
+        with self._lock:
+            if self._nvml_tried:
+                return self._nvml
+            self._nvml_tried = True
+            try:
+                import pynvml  # nvidia-ml-py; optional
+            except ImportError:
+                return None
+            try:
+                pynvml.nvmlInit()
+                for i in range(pynvml.nvmlDeviceGetCount()):
+                    handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+                    self._nvml_handles[_uuid_key(pynvml.nvmlDeviceGetUUID(handle))] = handle
+            except Exception as error:
+                self._warn_once("nvml-init", "NVML unavailable, no GPU utilisation metric: %s", error)
+                self._nvml_handles.clear()
+                return None
+            self._nvml = pynvml
+            return pynvml
+
+    def _warn_once(self, key: str, message: str, error: Exception) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            _gpu_log.warning(message, error)
+
+
+GPU_COLLECTOR = GpuCollector()
+
+
+def register_gpu_collector(registry=_REGISTRY) -> None:
+    """Register the GPU collector (once per registry; a repeat is a no-op)."""
+    with _contextlib.suppress(ValueError):  # already registered (e.g. this module was reloaded)
+        registry.register(GPU_COLLECTOR)
+
+
+register_gpu_collector()
