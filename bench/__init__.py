@@ -1,0 +1,1 @@
+"""Benchmarks: load generator, server overhead and overload checks (see docs/benchmarks.md)."""

@@ -1,0 +1,126 @@
+"""Load over real gRPC (grpc.aio): closed loop (N clients back to back) and open loop (a fixed rate).
+
+Every request is timed on the client, from the call to its answer or error; nothing here knows
+about the server's internals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import grpc
+
+from app.gen.paraformer.asr.v1 import asr_pb2, asr_pb2_grpc
+from bench.common import percentiles_ms
+from bench.workload import AudioSet
+
+CHANNEL_OPTIONS = [("grpc.max_send_message_length", 256 * 1024 * 1024), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+
+
+@dataclass
+class Call:
+    sent_s: float  # since the start of the run
+    latency_s: float
+    code: str  # grpc.StatusCode name; OK for success
+    audio_s: float
+
+
+class Client:
+    """One channel to one server, with the requests of an audio set ready to send."""
+
+    def __init__(self, target: str, audio: AudioSet, timeout_s: float):
+        self.target = target
+        self.audio = audio
+        self.timeout_s = timeout_s
+        self.requests = [(asr_pb2.RecognizeRequest(audio=asr_pb2.RecognitionAudio(content=c.wav)), c.seconds) for c in audio.clips]
+        self.channel: grpc.aio.Channel | None = None
+        self.stub: asr_pb2_grpc.RecognizerStub | None = None
+
+    async def __aenter__(self) -> Client:
+        self.channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        await asyncio.wait_for(self.channel.channel_ready(), 30)
+        self.stub = asr_pb2_grpc.RecognizerStub(self.channel)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.channel.close()
+
+    async def call(self, index: int, t0: float) -> Call:
+        request, seconds = self.requests[index % len(self.requests)]
+        start = time.perf_counter()
+        try:
+            await self.stub.Recognize(request, timeout=self.timeout_s)
+            code = "OK"
+        except grpc.aio.AioRpcError as e:
+            code = e.code().name
+        return Call(start - t0, time.perf_counter() - start, code, seconds)
+
+
+async def closed_loop(client: Client, concurrency: int, max_requests: int, max_seconds: float) -> tuple[list[Call], float]:
+    """``concurrency`` clients send back to back until ``max_requests`` were sent or ``max_seconds`` passed."""
+    counter = itertools.count()
+    calls: list[Call] = []
+    t0 = time.perf_counter()
+    stop_at = t0 + max_seconds
+
+    async def worker() -> None:
+        while time.perf_counter() < stop_at:
+            i = next(counter)
+            if i >= max_requests:
+                return
+            calls.append(await client.call(i, t0))
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return calls, time.perf_counter() - t0
+
+
+async def open_loop(client: Client, phases: list[tuple[str, float, float]], first_index: int = 0) -> tuple[dict[str, list[Call]], float]:
+    """Send at fixed rates regardless of answers: phases of (name, requests per second, seconds)."""
+    t0 = time.perf_counter()
+    out: dict[str, list[Call]] = {name: [] for name, _, _ in phases}
+    tasks: list[asyncio.Task] = []
+    index = first_index
+    phase_start = 0.0
+    for name, rate, seconds in phases:
+        n = int(rate * seconds)
+        for k in range(n):
+            due = t0 + phase_start + k / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.ensure_future(client.call(index, t0))
+            task.add_done_callback(lambda t, bucket=out[name]: bucket.append(t.result()))
+            tasks.append(task)
+            index += 1
+        phase_start += seconds
+        delay = t0 + phase_start - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+    await asyncio.gather(*tasks)
+    return out, time.perf_counter() - t0
+
+
+def summarize(calls: list[Call], wall_s: float) -> dict:
+    ok = [c for c in calls if c.code == "OK"]
+    codes = Counter(c.code for c in calls)
+    return {
+        "requests": len(calls),
+        "ok": len(ok),
+        "errors": {code: n for code, n in sorted(codes.items()) if code != "OK"},
+        "wall_s": round(wall_s, 3),
+        "requests_per_s": round(len(ok) / wall_s, 3) if wall_s > 0 else None,
+        "audio_s_per_s": round(sum(c.audio_s for c in ok) / wall_s, 2) if wall_s > 0 else None,
+        **percentiles_ms([c.latency_s for c in ok]),
+    }
+
+
+def calls_as_rows(calls: list[Call]) -> list[list]:
+    """Compact per-request rows [sent_s, latency_ms, code] for the JSON (overload timeline)."""
+    return [[round(c.sent_s, 4), round(c.latency_s * 1000, 2), c.code] for c in sorted(calls, key=lambda c: c.sent_s)]
+
+
+__all__ = ["Call", "Client", "calls_as_rows", "closed_loop", "open_loop", "summarize"]
