@@ -26,7 +26,7 @@ def demo_settings(settings: Settings) -> Settings:
     from app.engine.tiny_models import build_demo_models
 
     dirs = build_demo_models(Path(settings.demo_dir).expanduser())
-    return dataclasses.replace(settings, asr_model=str(dirs.asr), vad_model=str(dirs.vad), punc_model=str(dirs.punc))
+    return dataclasses.replace(settings, asr_model=str(dirs.asr), vad_model=str(dirs.vad), punc_model=str(dirs.punc), online_model=str(dirs.online))
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -50,7 +50,12 @@ def _fetch_models(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     configure(settings.log_level, "text")
     try:
-        for role, spec in (("asr", settings.asr_model), ("vad", settings.vad_model), ("punc", settings.punc_model)):
+        for role, spec in (
+            ("asr", settings.asr_model),
+            ("vad", settings.vad_model),
+            ("punc", settings.punc_model),
+            ("online", settings.online_model),
+        ):
             if is_disabled(spec):
                 continue
             source = resolve_model_dir(

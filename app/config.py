@@ -50,6 +50,11 @@ class Settings:
         group="models",
         default=DEFAULT_PUNC_MODEL,
     )
+    online_model: str = _opt(
+        "Streaming (online) Paraformer for interim results of StreamingRecognize (directory or hub id); 'none' disables.",
+        group="models",
+        default=DEFAULT_ONLINE_MODEL,
+    )
     model_revision: str = _opt("Hub revision (tag or branch) of models given as hub ids.", group="models", default="master")
     model_cache_dir: str = _opt(
         "Where hub models are downloaded to and looked up in (the ModelScope cache).",
@@ -98,6 +103,25 @@ class Settings:
     )
 
     metrics_port: int = _opt("Port of the Prometheus /metrics HTTP endpoint (0 turns it off).", group="server", default=9400)
+
+    # --- streaming ---
+    max_streams: int = _opt(
+        "Most StreamingRecognize (and legacy StreamRecognize) streams open at once; more get RESOURCE_EXHAUSTED.",
+        group="streaming",
+        default=100,
+    )
+    stream_idle_timeout_s: float = _opt("A stream that sends no audio for this long ends with DEADLINE_EXCEEDED.", group="streaming", default=30.0)
+    max_stream_seconds: float = _opt("Most audio in one stream; beyond it the stream ends with OUT_OF_RANGE.", group="streaming", default=4 * 3600.0)
+    max_utterance_seconds: float = _opt(
+        "An utterance with no endpoint for this long is finalized and a new one begins (bounds per-stream memory).",
+        group="streaming",
+        default=60.0,
+    )
+    legacy_max_upload_bytes: int = _opt(
+        "Largest file accepted by the legacy ASRService/StreamRecognize (summed over its chunks).",
+        group="streaming",
+        default=64 * MIB,
+    )
 
     # --- batching ---
     max_batch_size: int = _opt("Most speech segments decoded in one engine call (1 turns batching off).", group="batching", default=16)
@@ -150,6 +174,11 @@ class Settings:
             "max_queue_audio_seconds",
             "max_segment_seconds",
             "download_timeout_s",
+            "max_streams",
+            "stream_idle_timeout_s",
+            "max_stream_seconds",
+            "max_utterance_seconds",
+            "legacy_max_upload_bytes",
         )
         for name in positive:
             if getattr(self, name) <= 0:

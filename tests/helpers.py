@@ -60,6 +60,7 @@ def settings_for(models: DemoModelDirs, **overrides) -> Settings:
         asr_model=str(models.asr),
         vad_model=str(models.vad),
         punc_model=str(models.punc),
+        online_model=str(models.online),
         allow_random_weights=True,
         host="127.0.0.1",
         port=0,

@@ -58,6 +58,8 @@ def test_serve_local_model_directory_then_transcribe(tiny_models, tmp_path):
         str(tiny_models.vad),
         "--punc-model",
         str(tiny_models.punc),
+        "--online-model",
+        str(tiny_models.online),
         "--allow-random-weights",
         "--port",
         str(port),

@@ -16,10 +16,10 @@ from tests.helpers import settings_for, speechlike
 
 
 def test_loads_through_automodel_and_verifies_every_tensor(engine):
-    assert engine.has_vad and engine.has_punctuation
-    assert set(engine.report.load_seconds) == {"asr", "vad", "punc"}
+    assert engine.has_vad and engine.has_punctuation and engine.has_online
+    assert set(engine.report.load_seconds) == {"asr", "vad", "punc", "online"}
     assert all(n > 10 for n in engine.report.tensors_verified.values())
-    assert set(engine.report.warmup_seconds) == {"asr", "vad", "punc"}
+    assert set(engine.report.warmup_seconds) == {"asr", "vad", "punc", "online"}
     assert engine.random_weights
 
 

@@ -201,7 +201,7 @@ def test_legacy_stream_recognize_with_is_final_and_with_half_close(server):
 
 
 def test_legacy_stream_upload_limit(make_server):
-    srv = make_server(max_receive_message_bytes=50_000)
+    srv = make_server(legacy_max_upload_bytes=50_000)
     s, channel = legacy_stub(srv.target)
     with channel:
         reply = s.StreamRecognize(_chunks(encode(speechlike(3.0)), 10_000, mark_final=True))

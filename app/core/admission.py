@@ -53,3 +53,19 @@ class Admission:
             self.audio_s = max(0.0, self.audio_s - ticket.audio_s)
             metrics.QUEUE_ITEMS.labels(self.model_name).set(self.items)
             metrics.QUEUE_AUDIO.labels(self.model_name).set(self.audio_s)
+
+
+class StreamSlots:
+    """The limit on open streams, and the live count tests and metrics read."""
+
+    def __init__(self, max_streams: int):
+        self.max_streams = max_streams
+        self.open = 0
+
+    def acquire(self) -> None:
+        if self.open >= self.max_streams:
+            raise Overloaded(f"server busy: {self.open} streams open (limit {self.max_streams}); retry later")
+        self.open += 1
+
+    def release(self) -> None:
+        self.open -= 1

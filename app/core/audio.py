@@ -258,3 +258,141 @@ def decode_audio(inp: AudioInput, limits: AudioLimits) -> DecodedAudio:
     if inp.sample_rate_hz and inp.sample_rate_hz != decoded.source_sample_rate_hz:
         raise InvalidAudio(f"sample_rate_hertz {inp.sample_rate_hz} does not match the file's {decoded.source_sample_rate_hz} Hz; leave it 0 for files")
     return decoded
+
+
+class PcmStream:
+    """Incremental raw-PCM decoding for streams: bytes of any chunking in, 16 kHz mono float32 out.
+
+    Keeps only a partial frame between calls (and the resampler's small state), so memory does not
+    grow with the stream.
+    """
+
+    def __init__(self, encoding: Encoding, sample_rate_hz: int, channels: int = 1, quality: str = "HQ"):
+        if encoding is Encoding.CONTAINER:
+            raise InvalidAudio("streaming audio must be raw PCM: set the encoding (LINEAR16 or FLOAT32) and sample_rate_hertz")
+        if sample_rate_hz <= 0:
+            raise InvalidAudio("raw PCM needs sample_rate_hertz in the recognition config")
+        channels = channels or 1
+        _check_layout(sample_rate_hz, channels)
+        self.channels = channels
+        self.sample_rate_hz = sample_rate_hz
+        self._width = 2 if encoding is Encoding.PCM_S16LE else 4
+        self._dtype = np.dtype("<i2") if self._width == 2 else np.dtype("<f4")
+        self._frame_bytes = self._width * channels
+        self._carry = b""
+        self.frames_in = 0
+        self._resampler = (
+            None if sample_rate_hz == TARGET_SAMPLE_RATE_HZ else soxr.ResampleStream(sample_rate_hz, TARGET_SAMPLE_RATE_HZ, 1, dtype="float32", quality="HQ")
+        )
+
+    @property
+    def seconds_in(self) -> float:
+        return self.frames_in / self.sample_rate_hz
+
+    def decode(self, data: bytes, last: bool = False) -> np.ndarray:
+        data = self._carry + data
+        usable = len(data) - len(data) % self._frame_bytes
+        self._carry = data[usable:]
+        if last and self._carry:
+            raise InvalidAudio(f"the stream ended inside a PCM frame ({len(self._carry)} stray bytes)")
+        pcm = np.frombuffer(data[:usable], dtype=self._dtype).reshape(-1, self.channels)
+        self.frames_in += len(pcm)
+        block = pcm.astype(np.float32)
+        if self._width == 2:
+            block /= 32768.0
+        block = block.mean(axis=1) if self.channels > 1 else block[:, 0]
+        if not np.isfinite(block).all():
+            raise InvalidAudio("the audio contains NaN or infinite sample values")
+        if self._resampler is not None:
+            block = self._resampler.resample_chunk(block, last=last)
+        return np.clip(block, -1.0, 1.0)
+
+    def flush(self) -> np.ndarray:
+        """The resampler's last samples; a trailing partial frame (a truncated upload) is dropped."""
+        self._carry = b""
+        return self.decode(b"", last=True)
+
+
+class FileUpload:
+    """A file arriving in chunks (the legacy StreamRecognize): decoded as it arrives where possible.
+
+    PCM and float WAV is decoded incrementally, so what the server holds is the 16 kHz result, not
+    the upload; other containers are buffered (within ``max_bytes``) and decoded at the end.
+    """
+
+    def __init__(self, max_bytes: int, limits: AudioLimits):
+        self.max_bytes = max_bytes
+        self.limits = limits
+        self.bytes_in = 0
+        self._head = b""  # bytes before the WAV data chunk (or the whole file when not streamable)
+        self._pcm: PcmStream | None = None
+        self._parts: list[np.ndarray] = []
+        self._streamable: bool | None = None  # None: not decided yet
+        self._data_left = 0
+
+    def add(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        if self.bytes_in > self.max_bytes:
+            raise LimitExceeded(f"upload is larger than the limit of {self.max_bytes} bytes (server setting legacy_max_upload_bytes)")
+        if self._pcm is not None:
+            self._feed_pcm(data)
+            return
+        self._head += data
+        if self._streamable is None or self._streamable:
+            self._try_start_wav()
+
+    def _try_start_wav(self) -> None:
+        head = self._head
+        if len(head) < 12:
+            return
+        if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            self._streamable = False
+            return
+        pos, fmt = 12, None
+        while pos + 8 <= len(head):
+            chunk_id, size = head[pos : pos + 4], int.from_bytes(head[pos + 4 : pos + 8], "little")
+            if chunk_id == b"fmt ":
+                if pos + 8 + 16 > len(head):
+                    return  # wait for the rest of the fmt chunk
+                tag, channels, rate = (int.from_bytes(head[pos + 8 + a : pos + 8 + b], "little") for a, b in ((0, 2), (2, 4), (4, 8)))
+                bits = int.from_bytes(head[pos + 22 : pos + 24], "little")
+                fmt = (tag, channels, rate, bits)
+            elif chunk_id == b"data":
+                if fmt is None:
+                    break
+                encoding = {(1, 16): Encoding.PCM_S16LE, (3, 32): Encoding.PCM_F32LE}.get((fmt[0], fmt[3]))
+                if encoding is None:
+                    break  # 8/24/32-bit int, extensible headers, ...: buffer and decode at the end
+                self._pcm = PcmStream(encoding, fmt[2], fmt[1], quality="VHQ")
+                self._data_left = size if 0 < size < 0xFFFFFFFF else -1
+                self._streamable = True
+                rest, self._head = head[pos + 8 :], b""
+                self._feed_pcm(rest)
+                return
+            pos += 8 + size + (size & 1)
+        else:
+            return  # header incomplete: wait for more bytes
+        self._streamable = False
+
+    def _feed_pcm(self, data: bytes) -> None:
+        if self._data_left >= 0:
+            data, self._data_left = data[: self._data_left], max(0, self._data_left - len(data))
+        samples = self._pcm.decode(data)
+        if self._pcm.seconds_in > self.limits.max_duration_s:
+            raise LimitExceeded(f"audio is longer than the limit of {self.limits.max_duration_s:g} seconds (server setting max_audio_seconds)")
+        if len(samples):
+            self._parts.append(samples)
+
+    @property
+    def incremental(self) -> bool:
+        return self._pcm is not None
+
+    def finish(self, format_hint: str = "") -> DecodedAudio:
+        if self._pcm is None:
+            return decode_audio(AudioInput(self._head, format_hint=format_hint), self.limits)
+        tail = self._pcm.flush()
+        samples = np.concatenate([*self._parts, tail]) if self._parts or len(tail) else np.zeros(0, np.float32)
+        duration = self._pcm.seconds_in
+        if duration < self.limits.min_duration_s:
+            raise InvalidAudio(f"audio is too short: {duration * 1000:.1f} ms decoded, at least {self.limits.min_duration_s * 1000:.0f} ms needed")
+        return DecodedAudio(samples, self._pcm.sample_rate_hz, self._pcm.channels, "wav")

@@ -33,3 +33,11 @@ class Unavailable(RecognitionError):
 
 class DeadlineExpired(RecognitionError):
     """The request's deadline passed before the model could run it."""
+
+
+class StreamLimit(RecognitionError):
+    """A stream ran past a limit of its own (maximum duration): it ends, the client may open another."""
+
+
+class StreamIdle(RecognitionError):
+    """A stream sent no audio for longer than the idle timeout."""

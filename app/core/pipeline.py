@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -18,8 +18,8 @@ import numpy as np
 
 from app import metrics
 from app.config import Settings
-from app.core.admission import Admission
-from app.core.audio import TARGET_SAMPLE_RATE_HZ, AudioInput, AudioLimits, DecodedAudio, decode_audio
+from app.core.admission import Admission, StreamSlots
+from app.core.audio import TARGET_SAMPLE_RATE_HZ, AudioInput, AudioLimits, DecodedAudio, FileUpload, decode_audio
 from app.core.errors import DeadlineExpired, InvalidConfig
 from app.core.scheduler import BatchPolicy, BatchScheduler
 from app.core.text import Sentence, build_sentences, join_tokens
@@ -98,6 +98,8 @@ class RecognitionPipeline:
         self.limits = AudioLimits(max_duration_s=settings.max_audio_seconds)
         self.max_segment_samples = int(settings.max_segment_seconds * TARGET_SAMPLE_RATE_HZ)
         self.admission = Admission(settings.max_queue_items, settings.max_queue_audio_seconds, model_name)
+        self.streams = StreamSlots(settings.max_streams)
+        self.settings = settings
         self.scheduler: BatchScheduler[AsrHypothesis] = BatchScheduler(
             lambda segments, hotwords: engine.transcribe(segments, hotwords),
             BatchPolicy(
@@ -125,9 +127,27 @@ class RecognitionPipeline:
 
     async def recognize(self, audio: AudioInput, options: RecognitionOptions, deadline: float | None = None) -> Transcript:
         """Raises the core errors (InvalidAudio, Overloaded, DeadlineExpired, ...) for the transport to map."""
+        return await self._recognize(lambda: self.decode(audio), options, deadline)
+
+    async def recognize_upload(
+        self, chunks: AsyncIterator[bytes], max_bytes: int, format_hint: str, options: RecognitionOptions, deadline: float | None = None
+    ) -> Transcript:
+        """A file that arrives in chunks (the legacy StreamRecognize), decoded as it arrives where it can be."""
+        loop = asyncio.get_running_loop()
+
+        async def decode() -> DecodedAudio:
+            upload = FileUpload(max_bytes, self.limits)
+            async for data in chunks:
+                await loop.run_in_executor(self._decoder, upload.add, data)
+            return await loop.run_in_executor(self._decoder, upload.finish, format_hint)
+
+        return await self._recognize(decode, options, deadline)
+
+    async def _recognize(self, decode: Callable[[], Awaitable[DecodedAudio]], options: RecognitionOptions, deadline: float | None) -> Transcript:
         start = time.perf_counter()
+        # Admission first: refusing a request when the queue is full costs microseconds, not a decode.
         with self.admission.admit() as ticket:
-            decoded = await self.decode(audio)
+            decoded = await decode()
             ticket.add_audio(decoded.duration_s)
             sentences = await self.recognize_samples(decoded.samples, options, deadline)
         elapsed = time.perf_counter() - start
@@ -135,21 +155,34 @@ class RecognitionPipeline:
         metrics.AUDIO_SECONDS.labels(self.model_name).observe(duration)
         metrics.AUDIO_PROCESSED.labels(self.model_name).inc(duration)
         metrics.RTF.labels(self.model_name).observe(elapsed / duration)
-        text = join_tokens([s.text for s in sentences], between_cjk="")
+        text = join_tokens([s.text for s in sentences])
         return Transcript(text, tuple(sentences), duration, elapsed, self.model_name)
 
-    async def recognize_samples(self, samples: np.ndarray, options: RecognitionOptions, deadline: float | None = None) -> list[Sentence]:
+    async def recognize_utterance(self, samples: np.ndarray, offset_ms: int, options: RecognitionOptions) -> list[Sentence]:
+        """One utterance a stream's VAD already cut: no VAD pass; times offset to the stream's clock."""
+        whole = [(0, int(len(samples) * 1000 / TARGET_SAMPLE_RATE_HZ))]
+        return await self.recognize_samples(samples, options, spans=whole, offset_ms=offset_ms)
+
+    async def recognize_samples(
+        self,
+        samples: np.ndarray,
+        options: RecognitionOptions,
+        deadline: float | None = None,
+        spans: list[tuple[int, int]] | None = None,
+        offset_ms: int = 0,
+    ) -> list[Sentence]:
+        """Speech spans (from the VAD unless given) -> batched ASR -> punctuation -> sentences."""
         _check_deadline(deadline)
-        if self.engine.has_vad:
+        if spans is None and self.engine.has_vad:
             spans = await self.engine.detect_speech(samples, options.max_end_silence_ms)
-        else:
+        elif spans is None:
             spans = [(0, int(len(samples) * 1000 / TARGET_SAMPLE_RATE_HZ))]
         pieces = list(self._cut(samples, spans))
         if not pieces:
             return []
         _check_deadline(deadline)
         hyps = await _all_or_nothing(self.scheduler.submit(chunk, options.hotwords, deadline) for _, _, chunk in pieces)
-        segments = [(start_ms, end_ms, hyp) for (start_ms, end_ms, _), hyp in zip(pieces, hyps, strict=True)]
+        segments = [(offset_ms + start_ms, offset_ms + end_ms, hyp) for (start_ms, end_ms, _), hyp in zip(pieces, hyps, strict=True)]
         marks = None
         if options.punctuation and self.engine.has_punctuation:
             tokens = [t for _, _, hyp in segments for t in hyp.tokens]

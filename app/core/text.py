@@ -46,7 +46,8 @@ def _timed_tokens(segments: Sequence[tuple[int, int, AsrHypothesis]]) -> list[Wo
     words = []
     for start_ms, end_ms, hyp in segments:
         if hyp.token_times_ms is not None:
-            words += [Word(t, start_ms + s, start_ms + e) for t, (s, e) in zip(hyp.tokens, hyp.token_times_ms, strict=True)]
+            # The model's times can run a few ms past the segment's end: clamp them to the segment.
+            words += [Word(t, min(start_ms + s, end_ms - 1), min(start_ms + e, end_ms)) for t, (s, e) in zip(hyp.tokens, hyp.token_times_ms, strict=True)]
         else:
             words += [Word(t, start_ms, end_ms) for t in hyp.tokens]
     return words

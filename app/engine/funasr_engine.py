@@ -43,6 +43,19 @@ class AsrHypothesis:
     token_times_ms: tuple[tuple[int, int], ...] | None
 
 
+# FunASR's streaming settings: [look-back, chunk, look-ahead] in 60 ms frames (600 ms steps).
+DEFAULT_CHUNK_SIZE = (0, 10, 5)
+VAD_STEP_MS = 200
+
+
+@dataclass
+class StreamCaches:
+    """Per-stream model state. Opaque to callers; only ever touched on the models' worker threads."""
+
+    vad: dict = field(default_factory=dict)
+    online: dict = field(default_factory=dict)
+
+
 @dataclass
 class LoadReport:
     """Timings and provenance of a load, for logs and metrics."""
@@ -98,12 +111,22 @@ def _mask_padded_encoder_frames(model) -> None:
 class FunasrEngine:
     """ASR (+ optional VAD and punctuation) models, each confined to its own worker thread."""
 
-    def __init__(self, asr: AutoModel, vad: AutoModel | None, punc: AutoModel | None, device: str, report: LoadReport):
+    def __init__(
+        self,
+        asr: AutoModel,
+        vad: AutoModel | None,
+        punc: AutoModel | None,
+        device: str,
+        report: LoadReport,
+        online: AutoModel | None = None,
+    ):
         self.device = device
         self.report = report
-        self._asr, self._vad, self._punc = asr, vad, punc
+        self._asr, self._vad, self._punc, self._online = asr, vad, punc, online
         _mask_padded_encoder_frames(asr.model)
         self._workers = {"asr": ModelWorker("asr")}
+        if online is not None:
+            self._workers["online"] = ModelWorker("online")
         if vad is not None:
             self._workers["vad"] = ModelWorker("vad")
             # FunASR overwrites vad_opts.max_end_silence_time when a call passes one: remember the
@@ -125,7 +148,7 @@ class FunasrEngine:
         device = resolve_device(settings.device)
         threads = settings.torch_threads or len(os.sched_getaffinity(0))
         report = LoadReport()
-        roles = {"asr": settings.asr_model, "vad": settings.vad_model, "punc": settings.punc_model}
+        roles = {"asr": settings.asr_model, "vad": settings.vad_model, "punc": settings.punc_model, "online": settings.online_model}
         if is_disabled(roles["asr"]):
             raise ModelLoadError("an ASR model is required (asr_model is empty)")
         models: dict[str, AutoModel | None] = {}
@@ -172,7 +195,7 @@ class FunasrEngine:
                 " -- RANDOM WEIGHTS, DEMO ONLY" if source.random_weights else "",
             )
         torch.set_num_threads(threads)
-        engine = cls(models["asr"], models["vad"], models["punc"], device, report)
+        engine = cls(models["asr"], models["vad"], models["punc"], device, report, online=models["online"])
         engine.warm_up()
         return engine
 
@@ -192,6 +215,10 @@ class FunasrEngine:
             start = time.perf_counter()
             self._workers["punc"].call(self._punctuate, list(hyp[0].tokens) or ["你", "好"])
             self.report.warmup_seconds["punc"] = time.perf_counter() - start
+        if self._online is not None:
+            start = time.perf_counter()
+            self._workers["online"].call(self._online_step, StreamCaches(), audio, True, DEFAULT_CHUNK_SIZE)
+            self.report.warmup_seconds["online"] = time.perf_counter() - start
         self.asr_calls = 0
         log.info("warm-up done: %s", {k: round(v, 3) for k, v in self.report.warmup_seconds.items()})
 
@@ -203,6 +230,10 @@ class FunasrEngine:
     @property
     def has_punctuation(self) -> bool:
         return self._punc is not None
+
+    @property
+    def has_online(self) -> bool:
+        return self._online is not None
 
     @property
     def random_weights(self) -> bool:
@@ -225,7 +256,47 @@ class FunasrEngine:
             raise RuntimeError("no punctuation model loaded")
         return await self._workers["punc"].run(self._punctuate, list(tokens))
 
+    # ------------------------------------------------------------------ streaming
+    async def vad_stream_step(self, caches: StreamCaches, samples: np.ndarray, is_final: bool, max_end_silence_ms: int | None) -> list[tuple[int, int]]:
+        """Feed the streaming VAD; returns events [(begin_ms, end_ms)], -1 where not yet known."""
+        if self._vad is None:
+            raise RuntimeError("no VAD model loaded")
+        return await self._workers["vad"].run(self._vad_stream_step, caches, samples, is_final, max_end_silence_ms)
+
+    async def online_step(self, caches: StreamCaches, samples: np.ndarray, is_final: bool, chunk_size: tuple[int, int, int]) -> str:
+        """Feed the online ASR model; returns the text it decoded from this audio ('' until a chunk fills)."""
+        if self._online is None:
+            raise RuntimeError("no online model loaded")
+        return await self._workers["online"].run(self._online_step, caches, samples, is_final, chunk_size)
+
     # ------------------------------------------------------------------ worker-thread bodies
+    def _vad_stream_step(self, caches: StreamCaches, samples, is_final: bool, max_end_silence_ms: int | None):
+        result = self._vad.generate(
+            input=samples,
+            cache=caches.vad,
+            is_final=is_final,
+            chunk_size=VAD_STEP_MS,
+            disable_pbar=True,
+            max_end_silence_time=int(max_end_silence_ms or self._vad_default_end_silence_ms),
+        )
+        if is_final:
+            caches.vad.clear()
+        return [(int(b), int(e)) for b, e in (result[0].get("value") or [])] if result else []
+
+    def _online_step(self, caches: StreamCaches, samples, is_final: bool, chunk_size) -> str:
+        result = self._online.generate(
+            input=samples,
+            cache=caches.online,
+            is_final=is_final,
+            chunk_size=list(chunk_size),
+            encoder_chunk_look_back=4,
+            decoder_chunk_look_back=1,
+            disable_pbar=True,
+        )
+        if is_final:
+            caches.online.clear()
+        return result[0].get("text", "") if result else ""
+
     def _detect_speech(self, samples: np.ndarray, max_end_silence_ms: int | None) -> list[tuple[int, int]]:
         opts = self._vad.model.vad_opts
         kwargs = {}

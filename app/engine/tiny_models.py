@@ -61,6 +61,7 @@ class DemoModelDirs:
     asr: Path
     vad: Path
     punc: Path
+    online: Path
 
 
 def _token_list(vocab: int) -> list[str]:
@@ -196,13 +197,9 @@ def asr_config(dims: AsrDims) -> dict:
     }
 
 
-def build_asr_model(model_dir: Path, dims: AsrDims = TINY_ASR, seed: int = 0) -> Path:
+def _make_decisive(model, tokens: list[str]) -> None:
     import torch
 
-    torch.manual_seed(seed)
-    config = asr_config(dims)
-    tokens = _token_list(dims.vocab)
-    model = _instantiate(config, tokens, input_size=80 * 7)
     with torch.no_grad():
         # Random CIF weights fire almost never or on every frame. Make the predictor fire about
         # every third frame (~5 tokens/s) so demo transcripts have a plausible length.
@@ -211,10 +208,52 @@ def build_asr_model(model_dir: Path, dims: AsrDims = TINY_ASR, seed: int = 0) ->
             if layer is not None:
                 layer.weight.mul_(0.05)
                 layer.bias.fill_(-1.0)
-        out = model.decoder.output_layer
         # Keep <blank>, <s>, </s> and <unk> out of the argmax so that text is never empty.
+        out = model.decoder.output_layer
         for idx in (0, 1, 2, len(tokens) - 1):
             out.bias[idx] = -1e4
+
+
+def build_asr_model(model_dir: Path, dims: AsrDims = TINY_ASR, seed: int = 0) -> Path:
+    import torch
+
+    torch.manual_seed(seed)
+    config = asr_config(dims)
+    tokens = _token_list(dims.vocab)
+    model = _instantiate(config, tokens, input_size=80 * 7)
+    _make_decisive(model, tokens)
+    _save(model_dir, config, model, tokens, mvn_dim=80 * 7, task="auto-speech-recognition")
+    return model_dir
+
+
+def online_asr_config(dims: AsrDims) -> dict:
+    """ParaformerStreaming, as FunASR's paraformer-zh-streaming is built (chunked SAN-M encoder)."""
+    config = asr_config(dims)
+    config["model"] = "ParaformerStreaming"
+    config["encoder"] = "SANMEncoderChunkOpt"
+    config["encoder_conf"].update(
+        input_layer="pe_online",
+        chunk_size=[12, 15],
+        stride=[8, 10],
+        pad_left=[0, 0],
+        encoder_att_look_back_factor=[4, 4],
+        decoder_att_look_back_factor=[1, 1],
+    )
+    config["decoder_conf"]["sanm_shfit"] = 5
+    config["predictor"] = "CifPredictorV2"
+    config["predictor_conf"] = {"idim": dims.d_model, "threshold": 1.0, "l_order": 1, "r_order": 1, "tail_threshold": 0.45}
+    config["frontend"] = "WavFrontendOnline"
+    return config
+
+
+def build_online_asr_model(model_dir: Path, dims: AsrDims = TINY_ASR, seed: int = 0) -> Path:
+    import torch
+
+    torch.manual_seed(seed + 1)
+    config = online_asr_config(dims)
+    tokens = _token_list(dims.vocab)
+    model = _instantiate(config, tokens, input_size=80 * 7)
+    _make_decisive(model, tokens)
     _save(model_dir, config, model, tokens, mvn_dim=80 * 7, task="auto-speech-recognition")
     return model_dir
 
@@ -354,13 +393,14 @@ def build_demo_models(root: Path, seed: int = 0, asr_dims: AsrDims = TINY_ASR) -
     """Build (or reuse, when already built with the same settings) the ASR, VAD and punctuation models."""
     root = Path(root)
     stamp = root / "BUILD_SETTINGS.json"
-    wanted = {"seed": seed, "asr_dims": asr_dims.__dict__, "format": 3}
-    dirs = DemoModelDirs(asr=root / "asr", vad=root / "vad", punc=root / "punc")
+    wanted = {"seed": seed, "asr_dims": asr_dims.__dict__, "format": 4}
+    dirs = DemoModelDirs(asr=root / "asr", vad=root / "vad", punc=root / "punc", online=root / "online")
     if stamp.exists() and json.loads(stamp.read_text()) == wanted and all((d / "model.pt").exists() for d in dirs.__dict__.values()):
         return dirs
     log.warning("building RANDOM-WEIGHT demo models in %s (nonsense transcripts)", root)
     build_asr_model(dirs.asr, asr_dims, seed)
     build_vad_model(dirs.vad, seed)
     build_punc_model(dirs.punc, seed)
+    build_online_asr_model(dirs.online, asr_dims, seed)
     stamp.write_text(json.dumps(wanted))
     return dirs

@@ -13,6 +13,8 @@ STATUS_OF: dict[type[errors.RecognitionError], grpc.StatusCode] = {
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.StreamLimit: grpc.StatusCode.OUT_OF_RANGE,
+    errors.StreamIdle: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 

@@ -13,6 +13,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 from grpc.aio import AbortError
@@ -49,6 +50,13 @@ def _request_id(metadata) -> str:
     return uuid.uuid4().hex
 
 
+@dataclass
+class _Call:
+    facts: RequestFacts
+    peer: str
+    start: float
+
+
 class RequestInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, quiet_methods: tuple[str, ...] = ("/grpc.health.v1.Health/", "/grpc.reflection.")):
         self._quiet = quiet_methods
@@ -60,49 +68,85 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         rpc = details.method.rsplit("/", 2)[-2].rsplit(".", 1)[-1] + "." + details.method.rsplit("/", 1)[-1]
         rid = _request_id(details.invocation_metadata)
 
+        def begin(context) -> _Call:
+            # Each RPC runs in its own task, so these context variables need no reset; and a
+            # streaming handler may be finalised in another context, so `end` gets the facts directly.
+            current_request_id.set(rid)
+            facts = RequestFacts()
+            current_facts.set(facts)
+            context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+            metrics.IN_FLIGHT.labels(rpc).inc()
+            # Read the peer now: touching the context after a cancelled call has ended crashes grpc.aio.
+            return _Call(facts, context.peer(), time.perf_counter())
+
+        async def fail(error: BaseException, context) -> grpc.StatusCode:
+            """Map an exception to a status and abort the call with it (re-raising cancellation)."""
+            if isinstance(error, asyncio.CancelledError):
+                raise error
+            code, message = status_for(error, rid)
+            if code is grpc.StatusCode.INTERNAL:
+                errlog.error("unhandled error in %s", rpc, exc_info=error)
+            await context.abort(code, message)
+
+        def end(call: _Call, code: grpc.StatusCode) -> None:
+            facts = call.facts
+            code = facts.code or code
+            elapsed = time.perf_counter() - call.start
+            metrics.IN_FLIGHT.labels(rpc).dec()
+            metrics.REQUESTS.labels(rpc, code.name).inc()
+            metrics.REQUEST_LATENCY.labels(rpc, code.name).observe(elapsed)
+            log.info(
+                "%s %s",
+                rpc,
+                code.name,
+                extra={
+                    "rpc": rpc,
+                    "code": code.name,
+                    "latency_ms": round(elapsed * 1000, 1),
+                    "audio_s": None if facts.audio_s is None else round(facts.audio_s, 3),
+                    "model": facts.model,
+                    "peer": call.peer,
+                    "request_id": rid,
+                },
+            )
+
+        def code_of(error: BaseException, context) -> grpc.StatusCode:
+            if isinstance(error, AbortError):
+                return context.code() or grpc.StatusCode.UNKNOWN
+            if isinstance(error, asyncio.CancelledError):
+                return grpc.StatusCode.CANCELLED
+            return status_for(error, rid)[0]
+
         def wrap_unary_response(behavior):
             async def wrapped(request_or_iterator, context: grpc.aio.ServicerContext):
-                token = current_request_id.set(rid)
-                facts = RequestFacts()
-                facts_token = current_facts.set(facts)
-                context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
-                metrics.IN_FLIGHT.labels(rpc).inc()
-                start = time.perf_counter()
+                call = begin(context)
                 code = grpc.StatusCode.OK
                 try:
                     return await behavior(request_or_iterator, context)
-                except AbortError:
-                    code = context.code() or grpc.StatusCode.UNKNOWN
-                    raise
-                except BaseException as error:
-                    if isinstance(error, asyncio.CancelledError):
-                        code = grpc.StatusCode.CANCELLED
+                except BaseException as error:  # every failure must become a status
+                    code = code_of(error, context)
+                    if isinstance(error, AbortError):
                         raise
-                    code, message = status_for(error, rid)
-                    if code is grpc.StatusCode.INTERNAL:
-                        errlog.exception("unhandled error in %s", rpc)
-                    await context.abort(code, message)
+                    await fail(error, context)
                 finally:
-                    code = facts.code or code
-                    elapsed = time.perf_counter() - start
-                    metrics.IN_FLIGHT.labels(rpc).dec()
-                    metrics.REQUESTS.labels(rpc, code.name).inc()
-                    metrics.REQUEST_LATENCY.labels(rpc, code.name).observe(elapsed)
-                    log.info(
-                        "%s %s",
-                        rpc,
-                        code.name,
-                        extra={
-                            "rpc": rpc,
-                            "code": code.name,
-                            "latency_ms": round(elapsed * 1000, 1),
-                            "audio_s": None if facts.audio_s is None else round(facts.audio_s, 3),
-                            "model": facts.model,
-                            "peer": context.peer(),
-                        },
-                    )
-                    current_facts.reset(facts_token)
-                    current_request_id.reset(token)
+                    end(call, code)
+
+            return wrapped
+
+        def wrap_stream_response(behavior):
+            async def wrapped(request_or_iterator, context: grpc.aio.ServicerContext):
+                call = begin(context)
+                code = grpc.StatusCode.OK
+                try:
+                    async for response in behavior(request_or_iterator, context):
+                        yield response
+                except BaseException as error:  # every failure must become a status
+                    code = code_of(error, context)
+                    if isinstance(error, AbortError | GeneratorExit):
+                        raise
+                    await fail(error, context)
+                finally:
+                    end(call, code)
 
             return wrapped
 
@@ -115,6 +159,18 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
                 wrap_unary_response(handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                wrap_stream_response(handler.stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                wrap_stream_response(handler.unary_stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

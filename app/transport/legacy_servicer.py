@@ -7,12 +7,12 @@ the status recorded in metrics and logs is still the one the v1 API would have u
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import grpc
 
 from app.core.audio import AudioInput
-from app.core.errors import LimitExceeded, RecognitionError
-from app.core.pipeline import RecognitionOptions
+from app.core.pipeline import RecognitionOptions, RecognitionPipeline, Transcript
 from app.core.service import RecognitionService
 from app.gen import asr_service_pb2, asr_service_pb2_grpc
 from app.transport.errors import status_for
@@ -28,28 +28,24 @@ class LegacyAsrServicer(asr_service_pb2_grpc.ASRServiceServicer):
         self._max_upload_bytes = max_upload_bytes
 
     async def Recognize(self, request: asr_service_pb2.AudioRequest, context: grpc.aio.ServicerContext):
-        return await self._answer(request.audio_data, request.format, context)
+        audio = AudioInput(request.audio_data, format_hint=request.format.strip().lower())
+        return await self._respond(lambda pipeline: pipeline.recognize(audio, RecognitionOptions(), deadline_of(context)))
 
     async def StreamRecognize(self, request_iterator, context: grpc.aio.ServicerContext):
-        try:
-            parts, size = [], 0
+        async def chunks():
             async for chunk in request_iterator:
-                size += len(chunk.data)
-                if size > self._max_upload_bytes:
-                    raise LimitExceeded(f"upload is larger than the limit of {self._max_upload_bytes} bytes (server setting max_receive_message_bytes)")
-                parts.append(chunk.data)
+                yield chunk.data
                 if chunk.is_final:
                     break
-        except RecognitionError as error:
-            return self._failure(error)
-        return await self._answer(b"".join(parts), "", context)
 
-    async def _answer(self, data: bytes, format_hint: str, context) -> asr_service_pb2.TextResponse:
+        return await self._respond(lambda pipeline: pipeline.recognize_upload(chunks(), self._max_upload_bytes, "", RecognitionOptions(), deadline_of(context)))
+
+    async def _respond(self, recognize: Callable[[RecognitionPipeline], Awaitable[Transcript]]) -> asr_service_pb2.TextResponse:
         facts = current_facts.get()
         try:
             pipeline = self._service.pipeline()
             facts.model = pipeline.model_name
-            transcript = await pipeline.recognize(AudioInput(data, format_hint=format_hint.strip().lower()), RecognitionOptions(), deadline_of(context))
+            transcript = await recognize(pipeline)
         except Exception as error:
             return self._failure(error)
         facts.audio_s = transcript.audio_duration_s

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
 
 from app.core.audio import AudioInput, Encoding
-from app.core.errors import InvalidAudio, InvalidConfig
+from app.core.errors import InvalidAudio, InvalidConfig, StreamIdle
 from app.core.pipeline import RecognitionOptions, Transcript
 from app.core.service import RecognitionService
+from app.core.streaming import EventKind, Mode, StreamConfig, StreamEvent, open_stream
 from app.gen.paraformer.asr.v1 import asr_pb2, asr_pb2_grpc
 from app.transport.interceptor import current_facts, current_request_id
 
@@ -68,9 +70,98 @@ def to_response(transcript: Transcript, request_id: str) -> asr_pb2.RecognizeRes
     )
 
 
+_MODES = {
+    asr_pb2.STREAMING_MODE_UNSPECIFIED: None,
+    asr_pb2.STREAMING_MODE_ONLINE: Mode.ONLINE,
+    asr_pb2.STREAMING_MODE_OFFLINE: Mode.OFFLINE,
+    asr_pb2.STREAMING_MODE_TWO_PASS: Mode.TWO_PASS,
+}
+_EVENTS = {
+    EventKind.SPEECH_BEGIN: asr_pb2.SPEECH_EVENT_TYPE_SPEECH_BEGIN,
+    EventKind.SPEECH_END: asr_pb2.SPEECH_EVENT_TYPE_SPEECH_END,
+    EventKind.END_OF_SINGLE_UTTERANCE: asr_pb2.SPEECH_EVENT_TYPE_END_OF_SINGLE_UTTERANCE,
+}
+
+
+def stream_config(msg: asr_pb2.StreamingRecognitionConfig, model_name: str) -> StreamConfig:
+    config = msg.config
+    if config.model and config.model != model_name:
+        raise InvalidConfig(f"unknown model {config.model!r}; this server serves: {model_name}")
+    audio = audio_input(config, b"")
+    if audio.encoding is Encoding.CONTAINER:
+        raise InvalidConfig("streaming audio must be raw PCM: set config.encoding to AUDIO_ENCODING_LINEAR16 or AUDIO_ENCODING_FLOAT32")
+    if msg.mode not in _MODES:
+        raise InvalidConfig(f"unknown streaming mode {msg.mode}")
+    if msg.chunk_duration_ms < 0 or msg.endpointing.max_trailing_silence_ms < 0 or msg.endpointing.max_utterance_ms < 0:
+        raise InvalidConfig("chunk_duration_ms and endpointing durations must not be negative")
+    return StreamConfig(
+        encoding=audio.encoding,
+        sample_rate_hz=audio.sample_rate_hz,
+        channels=audio.channels,
+        options=recognition_options(config),
+        interim_results=msg.interim_results,
+        single_utterance=msg.single_utterance,
+        mode=_MODES[msg.mode],
+        chunk_ms=msg.chunk_duration_ms or 600,
+        max_trailing_silence_ms=msg.endpointing.max_trailing_silence_ms or None,
+        max_utterance_ms=msg.endpointing.max_utterance_ms or None,
+    )
+
+
+def event_to_proto(event: StreamEvent, request_id: str) -> asr_pb2.StreamingRecognizeResponse:
+    if event.kind in _EVENTS:
+        return asr_pb2.StreamingRecognizeResponse(speech_event_type=_EVENTS[event.kind], speech_event_time_ms=event.time_ms, request_id=request_id)
+    words = [asr_pb2.WordInfo(word=w.text, start_time_ms=w.start_ms, end_time_ms=w.end_ms) for w in event.words]
+    result = asr_pb2.StreamingRecognitionResult(
+        alternatives=[asr_pb2.SpeechRecognitionAlternative(transcript=event.text, words=words)],
+        is_final=event.kind is EventKind.FINAL,
+        stability=event.stability,
+        start_time_ms=event.start_ms,
+        end_time_ms=event.end_ms,
+        utterance_index=event.utterance_index,
+    )
+    return asr_pb2.StreamingRecognizeResponse(results=[result], request_id=request_id)
+
+
+async def next_message(iterator, idle_timeout_s: float):
+    """The next client message, None at half-close; StreamIdle when the client goes quiet."""
+    try:
+        return await asyncio.wait_for(anext(iterator), idle_timeout_s)
+    except StopAsyncIteration:
+        return None
+    except TimeoutError:
+        raise StreamIdle(f"no audio received for {idle_timeout_s:g} s (stream_idle_timeout_s); the stream is closed") from None
+
+
 class RecognizerServicer(asr_pb2_grpc.RecognizerServicer):
-    def __init__(self, service: RecognitionService):
+    def __init__(self, service: RecognitionService, idle_timeout_s: float = 30.0):
         self._service = service
+        self._idle_timeout_s = idle_timeout_s
+
+    async def StreamingRecognize(self, request_iterator, context: grpc.aio.ServicerContext):
+        pipeline = self._service.pipeline()
+        messages = aiter(request_iterator)
+        first = await next_message(messages, self._idle_timeout_s)
+        if first is None or first.WhichOneof("streaming_request") != "streaming_config":
+            raise InvalidConfig("the first message of a stream must carry streaming_config (audio came first, or nothing)")
+        config = stream_config(first.streaming_config, pipeline.model_name)
+        facts = current_facts.get()
+        facts.model = pipeline.model_name
+        rid = current_request_id.get()
+        with open_stream(pipeline, config) as session:
+            try:
+                while not session.finished:
+                    message = await next_message(messages, self._idle_timeout_s)
+                    if message is None:
+                        events = await session.finish()
+                    elif message.WhichOneof("streaming_request") != "audio_content":
+                        raise InvalidConfig("streaming_config may only be sent in the first message of a stream")
+                    else:
+                        events = await session.feed(message.audio_content)
+                    for event in events:
+                        yield event_to_proto(event, rid)
+            finally:
+                facts.audio_s = session.pcm.seconds_in
 
     async def Recognize(self, request: asr_pb2.RecognizeRequest, context: grpc.aio.ServicerContext):
         pipeline = self._service.pipeline()

@@ -12,9 +12,31 @@ class AudioEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AUDIO_ENCODING_UNSPECIFIED: _ClassVar[AudioEncoding]
     AUDIO_ENCODING_LINEAR16: _ClassVar[AudioEncoding]
     AUDIO_ENCODING_FLOAT32: _ClassVar[AudioEncoding]
+
+class StreamingMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STREAMING_MODE_UNSPECIFIED: _ClassVar[StreamingMode]
+    STREAMING_MODE_ONLINE: _ClassVar[StreamingMode]
+    STREAMING_MODE_OFFLINE: _ClassVar[StreamingMode]
+    STREAMING_MODE_TWO_PASS: _ClassVar[StreamingMode]
+
+class SpeechEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SPEECH_EVENT_TYPE_UNSPECIFIED: _ClassVar[SpeechEventType]
+    SPEECH_EVENT_TYPE_SPEECH_BEGIN: _ClassVar[SpeechEventType]
+    SPEECH_EVENT_TYPE_SPEECH_END: _ClassVar[SpeechEventType]
+    SPEECH_EVENT_TYPE_END_OF_SINGLE_UTTERANCE: _ClassVar[SpeechEventType]
 AUDIO_ENCODING_UNSPECIFIED: AudioEncoding
 AUDIO_ENCODING_LINEAR16: AudioEncoding
 AUDIO_ENCODING_FLOAT32: AudioEncoding
+STREAMING_MODE_UNSPECIFIED: StreamingMode
+STREAMING_MODE_ONLINE: StreamingMode
+STREAMING_MODE_OFFLINE: StreamingMode
+STREAMING_MODE_TWO_PASS: StreamingMode
+SPEECH_EVENT_TYPE_UNSPECIFIED: SpeechEventType
+SPEECH_EVENT_TYPE_SPEECH_BEGIN: SpeechEventType
+SPEECH_EVENT_TYPE_SPEECH_END: SpeechEventType
+SPEECH_EVENT_TYPE_END_OF_SINGLE_UTTERANCE: SpeechEventType
 
 class Hotword(_message.Message):
     __slots__ = ("phrase", "boost")
@@ -110,3 +132,63 @@ class RecognizeResponse(_message.Message):
     request_id: str
     model: str
     def __init__(self, results: _Optional[_Iterable[_Union[SpeechRecognitionResult, _Mapping]]] = ..., transcript: _Optional[str] = ..., audio_duration_ms: _Optional[int] = ..., processing_time_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+
+class EndpointingConfig(_message.Message):
+    __slots__ = ("max_trailing_silence_ms", "max_utterance_ms")
+    MAX_TRAILING_SILENCE_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_UTTERANCE_MS_FIELD_NUMBER: _ClassVar[int]
+    max_trailing_silence_ms: int
+    max_utterance_ms: int
+    def __init__(self, max_trailing_silence_ms: _Optional[int] = ..., max_utterance_ms: _Optional[int] = ...) -> None: ...
+
+class StreamingRecognitionConfig(_message.Message):
+    __slots__ = ("config", "interim_results", "single_utterance", "mode", "chunk_duration_ms", "endpointing")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    INTERIM_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    SINGLE_UTTERANCE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTING_FIELD_NUMBER: _ClassVar[int]
+    config: RecognitionConfig
+    interim_results: bool
+    single_utterance: bool
+    mode: StreamingMode
+    chunk_duration_ms: int
+    endpointing: EndpointingConfig
+    def __init__(self, config: _Optional[_Union[RecognitionConfig, _Mapping]] = ..., interim_results: _Optional[bool] = ..., single_utterance: _Optional[bool] = ..., mode: _Optional[_Union[StreamingMode, str]] = ..., chunk_duration_ms: _Optional[int] = ..., endpointing: _Optional[_Union[EndpointingConfig, _Mapping]] = ...) -> None: ...
+
+class StreamingRecognizeRequest(_message.Message):
+    __slots__ = ("streaming_config", "audio_content")
+    STREAMING_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_CONTENT_FIELD_NUMBER: _ClassVar[int]
+    streaming_config: StreamingRecognitionConfig
+    audio_content: bytes
+    def __init__(self, streaming_config: _Optional[_Union[StreamingRecognitionConfig, _Mapping]] = ..., audio_content: _Optional[bytes] = ...) -> None: ...
+
+class StreamingRecognitionResult(_message.Message):
+    __slots__ = ("alternatives", "is_final", "stability", "start_time_ms", "end_time_ms", "utterance_index")
+    ALTERNATIVES_FIELD_NUMBER: _ClassVar[int]
+    IS_FINAL_FIELD_NUMBER: _ClassVar[int]
+    STABILITY_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    UTTERANCE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    alternatives: _containers.RepeatedCompositeFieldContainer[SpeechRecognitionAlternative]
+    is_final: bool
+    stability: float
+    start_time_ms: int
+    end_time_ms: int
+    utterance_index: int
+    def __init__(self, alternatives: _Optional[_Iterable[_Union[SpeechRecognitionAlternative, _Mapping]]] = ..., is_final: _Optional[bool] = ..., stability: _Optional[float] = ..., start_time_ms: _Optional[int] = ..., end_time_ms: _Optional[int] = ..., utterance_index: _Optional[int] = ...) -> None: ...
+
+class StreamingRecognizeResponse(_message.Message):
+    __slots__ = ("results", "speech_event_type", "speech_event_time_ms", "request_id")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    SPEECH_EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SPEECH_EVENT_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[StreamingRecognitionResult]
+    speech_event_type: SpeechEventType
+    speech_event_time_ms: int
+    request_id: str
+    def __init__(self, results: _Optional[_Iterable[_Union[StreamingRecognitionResult, _Mapping]]] = ..., speech_event_type: _Optional[_Union[SpeechEventType, str]] = ..., speech_event_time_ms: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...

@@ -26,8 +26,8 @@ if _version_not_supported:
 
 
 class RecognizerStub:
-    """Transcribes Chinese speech. Unary Recognize takes a whole file or buffer; a streaming
-    method joins it in a later version of this service.
+    """Transcribes Chinese speech: Recognize for a whole file or buffer, StreamingRecognize for
+    live audio with interim and final results.
     """
 
     def __init__(self, channel):
@@ -41,11 +41,16 @@ class RecognizerStub:
                 request_serializer=paraformer_dot_asr_dot_v1_dot_asr__pb2.RecognizeRequest.SerializeToString,
                 response_deserializer=paraformer_dot_asr_dot_v1_dot_asr__pb2.RecognizeResponse.FromString,
                 _registered_method=True)
+        self.StreamingRecognize = channel.stream_stream(
+                '/paraformer.asr.v1.Recognizer/StreamingRecognize',
+                request_serializer=paraformer_dot_asr_dot_v1_dot_asr__pb2.StreamingRecognizeRequest.SerializeToString,
+                response_deserializer=paraformer_dot_asr_dot_v1_dot_asr__pb2.StreamingRecognizeResponse.FromString,
+                _registered_method=True)
 
 
 class RecognizerServicer:
-    """Transcribes Chinese speech. Unary Recognize takes a whole file or buffer; a streaming
-    method joins it in a later version of this service.
+    """Transcribes Chinese speech: Recognize for a whole file or buffer, StreamingRecognize for
+    live audio with interim and final results.
     """
 
     def Recognize(self, request, context):
@@ -53,6 +58,20 @@ class RecognizerServicer:
         segments and (on request) per-word timings. Fails with INVALID_ARGUMENT for audio
         or settings it cannot use, RESOURCE_EXHAUSTED when the server is saturated (retry
         later), UNAVAILABLE while models load or the server drains.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamingRecognize(self, request_iterator, context):
+        """Recognizes live audio. The first request carries a StreamingRecognitionConfig, every
+        later one audio only (raw PCM, chunks of any size). The server answers with interim
+        results as audio arrives (streaming Paraformer), speech begin/end events, and one final
+        result per utterance when the VAD detects its end (re-decoded by the offline model with
+        punctuation and timestamps: FunASR's "2pass"). Half-closing flushes the last utterance
+        and ends the stream with OK. Fails with INVALID_ARGUMENT for a missing or bad config,
+        RESOURCE_EXHAUSTED when the server holds its maximum of streams, DEADLINE_EXCEEDED after
+        the idle timeout (no audio), OUT_OF_RANGE past the maximum stream duration.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -66,6 +85,11 @@ def add_RecognizerServicer_to_server(servicer, server):
                     request_deserializer=paraformer_dot_asr_dot_v1_dot_asr__pb2.RecognizeRequest.FromString,
                     response_serializer=paraformer_dot_asr_dot_v1_dot_asr__pb2.RecognizeResponse.SerializeToString,
             ),
+            'StreamingRecognize': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamingRecognize,
+                    request_deserializer=paraformer_dot_asr_dot_v1_dot_asr__pb2.StreamingRecognizeRequest.FromString,
+                    response_serializer=paraformer_dot_asr_dot_v1_dot_asr__pb2.StreamingRecognizeResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'paraformer.asr.v1.Recognizer', rpc_method_handlers)
@@ -75,8 +99,8 @@ def add_RecognizerServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Recognizer:
-    """Transcribes Chinese speech. Unary Recognize takes a whole file or buffer; a streaming
-    method joins it in a later version of this service.
+    """Transcribes Chinese speech: Recognize for a whole file or buffer, StreamingRecognize for
+    live audio with interim and final results.
     """
 
     @staticmethod
@@ -96,6 +120,33 @@ class Recognizer:
             '/paraformer.asr.v1.Recognizer/Recognize',
             paraformer_dot_asr_dot_v1_dot_asr__pb2.RecognizeRequest.SerializeToString,
             paraformer_dot_asr_dot_v1_dot_asr__pb2.RecognizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamingRecognize(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/paraformer.asr.v1.Recognizer/StreamingRecognize',
+            paraformer_dot_asr_dot_v1_dot_asr__pb2.StreamingRecognizeRequest.SerializeToString,
+            paraformer_dot_asr_dot_v1_dot_asr__pb2.StreamingRecognizeResponse.FromString,
             options,
             channel_credentials,
             insecure,
