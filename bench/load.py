@@ -43,6 +43,7 @@ from bench.common import (
     model_dirs,
     percentiles_ms,
     ratio,
+    source_env,
     table,
 )
 from bench.loadgen import Client, calls_as_rows, closed_loop, open_loop, summarize
@@ -124,7 +125,7 @@ def log(*parts) -> None:
 
 
 def serve_supports(flag: str) -> bool:
-    out = subprocess.run([CLI, "serve", "--help"], capture_output=True, text=True).stdout
+    out = subprocess.run([CLI, "serve", "--help"], capture_output=True, text=True, env=source_env()).stdout
     return flag in out
 
 
