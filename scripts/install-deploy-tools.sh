@@ -144,7 +144,7 @@ zipp==4.1.2
 
 # --- helpers --------------------------------------------------------------------------------
 mkdir -p "$TOOLS/bin"
-LOG="$TOOLS/install.log"
+LOG="$TOOLS/install-deploy-tools.log"
 : >"$LOG"
 
 say() { printf 'install-deploy-tools: %s\n' "$*"; }
