@@ -34,13 +34,18 @@ def _serve(args: argparse.Namespace) -> int:
     # FunASR reconfigures logging on import: import it first, then configure ours.
     import app.engine.funasr_engine  # noqa: F401
     from app.logging_setup import configure
+    from app.transport.security import ConfigurationError
     from app.transport.server import serve
 
     configure(settings.log_level, settings.log_format)
     if settings.demo:
         print(DEMO_BANNER, file=sys.stderr, flush=True)
         settings = demo_settings(settings)
-    return asyncio.run(serve(settings))
+    try:
+        return asyncio.run(serve(settings))
+    except (ConfigurationError, OSError) as e:
+        print(f"paraformer-asr: cannot start: {e}", file=sys.stderr)
+        return 2
 
 
 def _fetch_models(args: argparse.Namespace) -> int:

@@ -102,7 +102,56 @@ class Settings:
         default=30.0,
     )
 
+    health_port: int = _opt(
+        "Extra plaintext port serving only the gRPC health service (0: off); for probes when the main port uses TLS.",
+        group="server",
+        default=0,
+    )
+    max_concurrent_rpcs: int = _opt(
+        "Most RPCs (calls and streams) in progress at once; more are refused with RESOURCE_EXHAUSTED (0: no limit).",
+        group="server",
+        default=1000,
+    )
+    max_connection_age_s: float = _opt(
+        "Close client connections after this long (0: never) so clients reconnect and spread over new replicas.",
+        group="server",
+        default=0.0,
+    )
+    max_connection_age_grace_s: float = _opt("After max_connection_age_s, how long calls on the old connection may still finish.", group="server", default=30.0)
+    keepalive_min_ping_interval_s: float = _opt(
+        "Reject client keepalive pings more frequent than this (abusive pings close the connection).", group="server", default=10.0
+    )
+    stream_grace_s: float = _opt(
+        "On SIGTERM: how long open streams may go on before they are ended (within shutdown_grace_s).",
+        group="server",
+        default=10.0,
+    )
     metrics_port: int = _opt("Port of the Prometheus /metrics HTTP endpoint (0 turns it off).", group="server", default=9400)
+
+    # --- security ---
+    tls_cert_file: str = _opt(
+        "PEM server certificate (chain); TLS is on when this and tls_key_file are set. Re-read when the file changes.",
+        group="security",
+        default="",
+    )
+    tls_key_file: str = _opt("PEM private key of the server certificate.", group="security", default="")
+    tls_client_ca_file: str = _opt(
+        "PEM CA bundle for mutual TLS: clients must present a certificate it signed (refused at the handshake otherwise).",
+        group="security",
+        default="",
+    )
+    auth_tokens_file: str = _opt(
+        "File of accepted bearer tokens, one per line (re-read when it changes); token auth is on when set.",
+        group="security",
+        default="",
+    )
+    auth_tokens: str = _opt(
+        "Accepted bearer tokens, comma-separated (prefer auth_tokens_file: environments leak). Never logged.",
+        group="security",
+        default="",
+    )
+    auth_health_open: bool = _opt("With token auth on, leave the health service open (for probes).", group="security", default=True)
+    auth_reflection_open: bool = _opt("With token auth on, leave server reflection open.", group="security", default=False)
 
     # --- streaming ---
     max_streams: int = _opt(
@@ -183,17 +232,40 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
-        for name in ("port", "metrics_port", "max_batch_wait_ms", "shutdown_grace_s", "torch_threads"):
+        for name in (
+            "port",
+            "metrics_port",
+            "health_port",
+            "max_batch_wait_ms",
+            "shutdown_grace_s",
+            "stream_grace_s",
+            "torch_threads",
+            "max_concurrent_rpcs",
+            "max_connection_age_s",
+            "max_connection_age_grace_s",
+            "keepalive_min_ping_interval_s",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, not {getattr(self, name)}")
-        for name in ("port", "metrics_port"):
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("TLS needs both tls_cert_file and tls_key_file")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError("mutual TLS (tls_client_ca_file) needs TLS: set tls_cert_file and tls_key_file")
+        for name in ("port", "metrics_port", "health_port"):
             if getattr(self, name) > 65535:
                 raise ConfigError(f"{name} must be below 65536, not {getattr(self, name)}")
         return self
 
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file)
+
     def public_dict(self) -> dict[str, Any]:
-        """For the start-up log line: every setting (none of them is a secret yet)."""
-        return dataclasses.asdict(self)
+        """For the start-up log line: every setting, secrets masked."""
+        values = dataclasses.asdict(self)
+        if values["auth_tokens"]:
+            values["auth_tokens"] = "<set>"
+        return values
 
 
 def _parse_value(kind: type, raw: str, name: str) -> Any:

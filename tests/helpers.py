@@ -115,7 +115,7 @@ class ServerThread:
     def stop(self, grace: float = 0) -> None:
         async def go():
             self.running.service.drain()
-            await self.running.server.stop(grace)
+            await self.running.stop(grace)
             if self.pipeline is not None:
                 await self.pipeline.close()
 

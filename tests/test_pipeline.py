@@ -131,13 +131,13 @@ def test_expired_deadline_never_reaches_the_model(engine, tiny_models):
     async def body(p):
         with pytest.raises(DeadlineExpired):
             await p.recognize_samples(marker, RecognitionOptions(), deadline=time.monotonic() - 0.001)
-        # Deadline passes while queued behind a full batch window.
+        # Deadline passes while the segment waits in the scheduler for its batch window to close.
         with pytest.raises(DeadlineExpired):
-            await p.recognize_samples(marker, RecognitionOptions(), deadline=time.monotonic() + 0.01)
+            await p.recognize_samples(marker, RecognitionOptions(), deadline=time.monotonic() + 0.1, spans=[(0, 1234)])
         return p.scheduler.stats
 
     try:
-        stats = run_with_pipeline(engine, tiny_models, body, max_batch_wait_ms=200)
+        stats = run_with_pipeline(engine, tiny_models, body, max_batch_wait_ms=1000)
     finally:
         engine.fault_hook = None
     assert len(marker) not in seen
