@@ -35,7 +35,13 @@ RTF = Histogram(f"{PREFIX}_real_time_factor", "Processing time divided by audio 
 
 STREAMS_OPEN = Gauge(f"{PREFIX}_streams_open", "Streaming recognitions open now", ["model"])
 
+STREAMS_CAPACITY = Gauge(f"{PREFIX}_streams_capacity", "Most streams the server accepts at once (max_streams)", ["model"])
+
 QUEUE_ITEMS = Gauge(f"{PREFIX}_queue_requests", "Requests admitted and not yet answered", ["model"])
+QUEUE_CAPACITY_ITEMS = Gauge(f"{PREFIX}_queue_capacity_requests", "Admission limit on requests (max_queue_items)", ["model"])
+QUEUE_CAPACITY_AUDIO = Gauge(
+    f"{PREFIX}_queue_capacity_audio_seconds", "Admission limit on queued audio (max_queue_audio_seconds)", ["model"]
+)
 QUEUE_AUDIO = Gauge(f"{PREFIX}_queue_audio_seconds", "Audio of requests admitted and not yet answered", ["model"])
 QUEUE_WAIT = Histogram(f"{PREFIX}_batch_queue_wait_seconds", "Time a segment waited for its batch to start", ["model"], buckets=QUEUE_BUCKETS)
 BATCH_SIZE = Histogram(f"{PREFIX}_batch_size", "Segments per engine call", ["model"], buckets=BATCH_BUCKETS)
@@ -48,8 +54,11 @@ DROPPED_BEFORE_MODEL = Counter(
 ENGINE_FAILURES = Counter(f"{PREFIX}_engine_failures_total", "Engine calls that raised", ["model"])
 
 
-def init_model_series(model: str) -> None:
+def init_model_series(model: str, max_items: int, max_audio_s: float, max_streams: int) -> None:
     """Create the labelled series of a model at zero, so dashboards and alerts see them before traffic."""
+    QUEUE_CAPACITY_ITEMS.labels(model).set(max_items)
+    QUEUE_CAPACITY_AUDIO.labels(model).set(max_audio_s)
+    STREAMS_CAPACITY.labels(model).set(max_streams)
     for gauge in (QUEUE_ITEMS, QUEUE_AUDIO, STREAMS_OPEN):
         gauge.labels(model).set(0)
     for counter in (AUDIO_PROCESSED, ENGINE_FAILURES):

@@ -113,7 +113,8 @@ class RecognitionPipeline:
         self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="audio-decode")
 
     async def start(self) -> None:
-        metrics.init_model_series(self.model_name)
+        a = self.admission
+        metrics.init_model_series(self.model_name, a.max_items, a.max_audio_s, self.streams.max_streams)
         self.scheduler.start()
 
     async def close(self) -> None:
