@@ -6,12 +6,14 @@ Tools: bash scripts/install-deploy-tools.sh (helm, kubectl).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
 import pytest
 import yaml
 
+from app.config import Settings
 from tests.deploy.conftest import CHART, K8S, ROOT, Rendering, run, tool, tool_env
 from tests.deploy.render_k8s_base import NAMESPACE as K8S_NAMESPACE
 from tests.deploy.render_k8s_base import RELEASE as K8S_RELEASE
@@ -52,6 +54,31 @@ def mounted_secret(r: Rendering, file_path: str) -> str:
             assert key in [i["path"] for i in secret.get("items", [])] or not secret.get("items"), f"{key} not projected"
             return secret["secretName"]
     pytest.fail(f"{r.name}: nothing mounts {file_path}")
+
+
+# --- settings -------------------------------------------------------------------------------
+
+SERVER_SETTINGS = {Settings.env_name(f.name) for f in dataclasses.fields(Settings)}
+
+
+def test_chart_sets_only_settings_the_server_knows(renderings):
+    """Every ASR_* variable of every container is a setting of app/config.py (no typos, no stale names)."""
+    for r in all_renderings(renderings):
+        spec = pod_spec(r)
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            names = {e["name"] for e in container.get("env", []) if e["name"].startswith("ASR_")}
+            unknown = names - SERVER_SETTINGS
+            assert not unknown, f"{r.name} {container['name']}: the server has no setting {sorted(unknown)}"
+
+
+def test_every_model_setting_is_passed_to_server_and_init_container(renderings):
+    model_settings = {name for name in SERVER_SETTINGS if name.endswith("_MODEL") and name != "ASR_MODEL_NAME"}
+    assert {"ASR_ASR_MODEL", "ASR_VAD_MODEL", "ASR_PUNC_MODEL"} <= model_settings
+    r = renderings["default"]
+    (init,) = pod_spec(r)["initContainers"]
+    init_names = {e["name"] for e in init["env"]}
+    assert model_settings <= set(r.env), f"the server container lacks {model_settings - set(r.env)}"
+    assert model_settings <= init_names, f"fetch-models would not fetch {model_settings - init_names}"
 
 
 # --- GPU ------------------------------------------------------------------------------------
@@ -257,7 +284,7 @@ def test_model_provisioning(renderings):
     (init,) = pod_spec(r)["initContainers"]
     assert init["args"] == ["fetch-models"] and init["image"] == r.server["image"]
     init_env = {e["name"]: e.get("value") for e in init["env"]}
-    for key in ("ASR_ASR_MODEL", "ASR_VAD_MODEL", "ASR_PUNC_MODEL", "ASR_MODEL_REVISION", "ASR_MODEL_CACHE_DIR"):
+    for key in ("ASR_ASR_MODEL", "ASR_VAD_MODEL", "ASR_PUNC_MODEL", "ASR_ONLINE_MODEL", "ASR_MODEL_REVISION", "ASR_MODEL_CACHE_DIR"):
         assert init_env[key] == r.env[key], key
     assert init_env["ASR_OFFLINE"] == "false" and r.env["ASR_OFFLINE"] == "true"
     assert GPU not in json.dumps(init["resources"])
@@ -294,7 +321,6 @@ def test_tokens_from_a_chart_made_secret(renderings):
     assert secret["metadata"]["name"] == name
     tokens = secret["stringData"][r.env["ASR_AUTH_TOKENS_FILE"].rsplit("/", 1)[1]]
     assert tokens.split() == ["ci-token-one", "ci-token-two"]
-    assert "checksum/auth" in r.deployment["spec"]["template"]["metadata"]["annotations"]
     assert "ASR_TLS_CERT_FILE" not in r.env
 
 
