@@ -95,6 +95,7 @@ def test_sigterm_drains_in_flight_requests_and_streams(tiny_models, tmp_path):
     assert proc.returncode == 0, err[-2000:]
     drain_line = next(json.loads(line) for line in err.splitlines() if '"draining:' in line)
     requests_in_flight, streams_in_flight = (int(w) for w in drain_line["msg"].split() if w.isdigit())
+    print(f"\ndrain began with {requests_in_flight} requests and {streams_in_flight} streams in flight")
     assert requests_in_flight > 0 and streams_in_flight == 10, drain_line
 
 
