@@ -63,16 +63,19 @@ RUN pip install --no-cache-dir -c requirements.lock . \
 # empty and the server (or the chart's init container) downloads them into a mounted cache.
 FROM build AS models
 ARG BAKE_MODELS=false
-# Empty: the server's defaults (Paraformer-large, FSMN VAD, CT-Transformer punctuation).
+# Empty: the server's defaults (Paraformer-large, FSMN VAD, CT-Transformer punctuation, and the
+# streaming Paraformer for interim results); "none" leaves a model out.
 ARG ASR_MODEL=""
 ARG VAD_MODEL=""
 ARG PUNC_MODEL=""
+ARG ONLINE_MODEL=""
 ARG MODEL_REVISION=""
 RUN mkdir -p /models \
     && if [ "${BAKE_MODELS}" = "true" ]; then \
         if [ -n "${ASR_MODEL}" ]; then export ASR_ASR_MODEL="${ASR_MODEL}"; fi; \
         if [ -n "${VAD_MODEL}" ]; then export ASR_VAD_MODEL="${VAD_MODEL}"; fi; \
         if [ -n "${PUNC_MODEL}" ]; then export ASR_PUNC_MODEL="${PUNC_MODEL}"; fi; \
+        if [ -n "${ONLINE_MODEL}" ]; then export ASR_ONLINE_MODEL="${ONLINE_MODEL}"; fi; \
         if [ -n "${MODEL_REVISION}" ]; then export ASR_MODEL_REVISION="${MODEL_REVISION}"; fi; \
         ASR_MODEL_CACHE_DIR=/models MODELSCOPE_CACHE=/models paraformer-asr fetch-models; \
     fi
