@@ -288,6 +288,12 @@ def test_model_provisioning(renderings):
         assert init_env[key] == r.env[key], key
     assert init_env["ASR_OFFLINE"] == "false" and r.env["ASR_OFFLINE"] == "true"
     assert GPU not in json.dumps(init["resources"])
+    downloading = renderings["tls-existing-secret"]
+    assert not pod_spec(downloading).get("initContainers") and downloading.env["ASR_OFFLINE"] == "false"
+    startup = downloading.server["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= float(downloading.env["ASR_DOWNLOAD_TIMEOUT_S"]), (
+        "a server that downloads at start needs a startup probe that outlasts the download timeout"
+    )
     baked = renderings["baked-image"]
     assert not pod_spec(baked).get("initContainers") and baked.env["ASR_OFFLINE"] == "true"
     assert "@sha256:" in baked.server["image"]
