@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -30,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 
 from bench.common import (
@@ -39,6 +41,7 @@ from bench.common import (
     command_line,
     ensure_models,
     fmt,
+    machine_busy_seconds,
     machine_info,
     model_dirs,
     percentiles_ms,
@@ -97,6 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overload-phases", help="seconds of the 0.5x, 10x and 0.5x phases, e.g. 5,10,8")
     p.add_argument("--sustainable-rps", type=float, help="skip measuring the sustainable rate and use this")
     p.add_argument("--timeout-s", type=float, help="per-request deadline")
+    p.add_argument("--connections", type=int, default=8, help="TCP connections the clients share (closed loop: at most one per client)")
     p.add_argument("--goal-ratio", type=float, help="throughput goal, batching on / off, at 32 clients")
     p.add_argument("--max-batch-size", type=int, default=16, help="batching-ON server (the OFF server uses 1)")
     p.add_argument("--max-batch-wait-ms", type=float, default=5.0)
@@ -135,12 +139,13 @@ async def warm_up(server: Server, audio: AudioSet, timeout_s: float) -> None:
         await closed_loop(client, 4, 8, 120.0)
 
 
-async def run_point(server: Server, audio: AudioSet, concurrency: int, requests: int, seconds: float, timeout_s: float) -> dict:
+async def run_point(server: Server, audio: AudioSet, concurrency: int, requests: int, seconds: float, timeout_s: float, connections: int) -> dict:
     before = server.scrape()
-    cpu_server, cpu_client = server.cpu_seconds(), time.process_time()
-    async with Client(server.target, audio, timeout_s) as client:
+    cpu_server, cpu_client, cpu_machine = server.cpu_seconds(), time.process_time(), machine_busy_seconds()
+    async with Client(server.target, audio, timeout_s, min(connections, concurrency)) as client:
         calls, wall = await closed_loop(client, concurrency, requests, seconds)
     cpu_server, cpu_client = server.cpu_seconds() - cpu_server, time.process_time() - cpu_client
+    cpu_others = machine_busy_seconds() - cpu_machine - cpu_server - cpu_client
     after = server.scrape()
     point = {"concurrency": concurrency, **summarize(calls, wall)}
     batches = after.get("batches", 0) - before.get("batches", 0)
@@ -155,6 +160,8 @@ async def run_point(server: Server, audio: AudioSet, concurrency: int, requests:
         "cpu_cores_used": round(cpu_server / wall, 2) if wall else None,
     }
     point["client_cpu_cores_used"] = round(cpu_client / wall, 2) if wall else None
+    # Everything else on the machine (other people's processes): a disturbed point shows here.
+    point["other_cpu_cores_used"] = round(max(0.0, cpu_others) / wall, 2) if wall else None
     return point
 
 
@@ -172,7 +179,7 @@ def sweep(args, servers: dict[str, Server], sets: list[AudioSet]) -> dict:
             requests = int(min(max(per_client * c, lo, c), hi))
             order = list(servers) if k % 2 == 0 else list(servers)[::-1]  # alternate who goes first
             for name in order:
-                point = asyncio.run(run_point(servers[name], audio, c, requests, seconds, args.timeout_s))
+                point = asyncio.run(run_point(servers[name], audio, c, requests, seconds, args.timeout_s, args.connections))
                 points[name].append(point)
                 log(
                     f"  {audio.name:5s} c={c:<3d} {name:3s}: {point['ok']}/{point['requests']} ok in {point['wall_s']:.1f} s, "
@@ -201,11 +208,12 @@ def print_sweep(result: dict) -> None:
                 on["concurrency"], on["requests_per_s"], off["requests_per_s"], r["throughput_x"],
                 on["audio_s_per_s"], off["audio_s_per_s"],
                 on["p50_ms"], off["p50_ms"], on["p95_ms"], off["p95_ms"], on["p99_ms"], off["p99_ms"], r["p99_x"],
-                on["server"]["mean_batch"], on["server"]["cpu_cores_used"], off["server"]["cpu_cores_used"], _errors(on), _errors(off),
+                on["server"]["mean_batch"], on["server"]["cpu_cores_used"], off["server"]["cpu_cores_used"],
+                max(on["other_cpu_cores_used"], off["other_cpu_cores_used"]), _errors(on), _errors(off),
             ])  # fmt: skip
         log(table(
             ["clients", "req/s on", "req/s off", "x", "audio-s/s on", "audio-s/s off", "p50 on", "p50 off",
-             "p95 on", "p95 off", "p99 on", "p99 off", "p99 x", "batch", "cores on", "cores off", "errors on", "errors off"],
+             "p95 on", "p95 off", "p99 on", "p99 off", "p99 x", "batch", "cores on", "cores off", "others", "errors on", "errors off"],
             rows,
         ))  # fmt: skip
 
@@ -316,17 +324,33 @@ async def overload(args, server: Server, audio: AudioSet, sustainable_rps: float
     low, high = 0.5 * sustainable_rps, OVERLOAD_FACTOR * sustainable_rps
     phases = [("before", low, base_s), ("overload", high, over_s), ("after", low, rec_s)]
     before = server.scrape()
-    samples: list[tuple[float, float, float]] = []  # (time since start, server CPU s, client CPU s)
+    samples: list[tuple[float, float, float, float]] = []  # (time since start, server, client, machine CPU s)
+    probes: list[tuple[float, float]] = []  # (time since start, health check latency s)
 
     async def sample_cpu(t0: float) -> None:
         while True:
-            samples.append((time.perf_counter() - t0, server.cpu_seconds(), time.process_time()))
+            samples.append((time.perf_counter() - t0, server.cpu_seconds(), time.process_time(), machine_busy_seconds()))
             await asyncio.sleep(0.25)
 
-    async with Client(server.target, audio, args.timeout_s) as client:
-        sampler = asyncio.ensure_future(sample_cpu(time.perf_counter()))
+    async def probe_health(t0: float) -> None:
+        """grpc.health.v1 Check every 50 ms on its own channel: how quickly the server's event loop answers."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                start = time.perf_counter()
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                probes.append((start - t0, time.perf_counter() - start))
+                await asyncio.sleep(0.05)
+
+    async with Client(server.target, audio, args.timeout_s, args.connections) as client:
+        t0 = time.perf_counter()
+        background = [asyncio.ensure_future(sample_cpu(t0)), asyncio.ensure_future(probe_health(t0))]
         out, wall = await open_loop(client, phases)
-        sampler.cancel()
+        for task in background:
+            task.cancel()
     after = server.scrape()
     result = {
         "sustainable_rps": round(sustainable_rps, 3),
@@ -354,8 +378,11 @@ async def overload(args, server: Server, audio: AudioSet, sustainable_rps: float
         inside = [x for x in samples if span[0] <= x[0] <= span[1]]
         if len(inside) >= 2:
             dt_s = inside[-1][0] - inside[0][0]
-            phase["server_cpu_cores"] = round((inside[-1][1] - inside[0][1]) / dt_s, 2)
-            phase["client_cpu_cores"] = round((inside[-1][2] - inside[0][2]) / dt_s, 2)
+            server_s, client_s, machine_s = (inside[-1][k] - inside[0][k] for k in (1, 2, 3))
+            phase["server_cpu_cores"] = round(server_s / dt_s, 2)
+            phase["client_cpu_cores"] = round(client_s / dt_s, 2)
+            phase["other_cpu_cores"] = round(max(0.0, machine_s - server_s - client_s) / dt_s, 2)
+        phase["health_check_latency"] = percentiles_ms([lat for t, lat in probes if span[0] <= t < span[1]])
         if sent:  # how late the generator sent (the client shares the machine with the server)
             due = np.arange(len(sent)) / (len(calls) / (span[1] - span[0])) + span[0]
             phase["send_lag_ms_p99"] = round(float(np.percentile((np.asarray(sent) - due) * 1000, 99)), 2)
@@ -388,11 +415,12 @@ def print_overload(o: dict, queue_items: int, sweep_ref: dict | None) -> None:
             p["accepted_latency"]["p50_ms"], p["accepted_latency"]["p99_ms"],
             p["rejected_latency"]["p50_ms"], p["rejected_latency"]["p99_ms"], p["rejected_latency"]["max_ms"],
             fmt(None if p["rejected_within_10ms_fraction"] is None else 100 * p["rejected_within_10ms_fraction"]), p["send_lag_ms_p99"],
-            p.get("server_cpu_cores"), p.get("client_cpu_cores"),
+            p["health_check_latency"]["p50_ms"], p["health_check_latency"]["max_ms"],
+            p.get("server_cpu_cores"), p.get("client_cpu_cores"), p.get("other_cpu_cores"),
         ])  # fmt: skip
     log(table(
         ["phase", "offered/s", "ok/s", "rejected", "other err", "ok p50", "ok p99", "rej p50", "rej p99", "rej max", "rej<=10ms %", "send lag p99",
-         "server cores", "client cores"],
+         "health p50", "health max", "server cores", "client cores", "other cores"],
         rows,
     ))  # fmt: skip
     if sweep_ref:

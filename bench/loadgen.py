@@ -30,30 +30,39 @@ class Call:
 
 
 class Client:
-    """One channel to one server, with the requests of an audio set ready to send."""
+    """Connections to one server, with the requests of an audio set ready to send.
 
-    def __init__(self, target: str, audio: AudioSet, timeout_s: float):
+    Request i goes over connection i % connections: many clients mean many TCP connections, as
+    in production, rather than every request queueing behind the others on one HTTP/2
+    connection's flow-control window.
+    """
+
+    def __init__(self, target: str, audio: AudioSet, timeout_s: float, connections: int = 1):
         self.target = target
         self.audio = audio
         self.timeout_s = timeout_s
+        self.connections = max(1, connections)
         self.requests = [(asr_pb2.RecognizeRequest(audio=asr_pb2.RecognitionAudio(content=c.wav)), c.seconds) for c in audio.clips]
-        self.channel: grpc.aio.Channel | None = None
-        self.stub: asr_pb2_grpc.RecognizerStub | None = None
+        self.channels: list[grpc.aio.Channel] = []
+        self.stubs: list[asr_pb2_grpc.RecognizerStub] = []
 
     async def __aenter__(self) -> Client:
-        self.channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
-        await asyncio.wait_for(self.channel.channel_ready(), 30)
-        self.stub = asr_pb2_grpc.RecognizerStub(self.channel)
+        # A local subchannel pool gives every channel its own connection (grpc shares them otherwise).
+        options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+        self.channels = [grpc.aio.insecure_channel(self.target, options=options) for _ in range(self.connections)]
+        await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in self.channels)), 30)
+        self.stubs = [asr_pb2_grpc.RecognizerStub(c) for c in self.channels]
         return self
 
     async def __aexit__(self, *exc) -> None:
-        await self.channel.close()
+        await asyncio.gather(*(c.close() for c in self.channels))
 
     async def call(self, index: int, t0: float) -> Call:
         request, seconds = self.requests[index % len(self.requests)]
+        stub = self.stubs[index % len(self.stubs)]
         start = time.perf_counter()
         try:
-            await self.stub.Recognize(request, timeout=self.timeout_s)
+            await stub.Recognize(request, timeout=self.timeout_s)
             code = "OK"
         except grpc.aio.AioRpcError as e:
             code = e.code().name
