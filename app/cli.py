@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -79,40 +80,6 @@ def _fetch_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _transcribe(args: argparse.Namespace) -> int:
-    import grpc
-    from google.protobuf.json_format import MessageToDict
-
-    from app.gen.paraformer.asr.v1 import asr_pb2, asr_pb2_grpc
-
-    failed = 0
-    options = [("grpc.max_send_message_length", 512 * 1024 * 1024), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-    with grpc.insecure_channel(args.target, options=options) as channel:
-        stub = asr_pb2_grpc.RecognizerStub(channel)
-        for path in args.files:
-            try:
-                content = Path(path).read_bytes()
-            except OSError as e:
-                print(f"{path}: cannot read: {e.strerror}", file=sys.stderr)
-                failed += 1
-                continue
-            config = asr_pb2.RecognitionConfig(enable_word_time_offsets=args.words)
-            if args.no_punctuation:
-                config.enable_automatic_punctuation = False
-            request = asr_pb2.RecognizeRequest(config=config, audio=asr_pb2.RecognitionAudio(content=content))
-            try:
-                response = stub.Recognize(request, timeout=args.timeout)
-            except grpc.RpcError as e:
-                print(f"{path}: {e.code().name}: {e.details()}", file=sys.stderr)
-                failed += 1
-                continue
-            if args.json:
-                print(json.dumps(MessageToDict(response), ensure_ascii=False, indent=2))
-            else:
-                print(f"{path}\t{response.transcript}" if len(args.files) > 1 else response.transcript)
-    return 1 if failed else 0
-
-
 def _build_demo(args: argparse.Namespace) -> int:
     from app.engine.tiny_models import LARGE_ASR, TINY_ASR, build_demo_models
 
@@ -121,19 +88,51 @@ def _build_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _health(args: argparse.Namespace) -> int:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+def _client_command(name: str):
+    """Run a client command from app.client.commands, imported only when one runs (it imports gRPC).
 
-    try:
-        with grpc.insecure_channel(args.target) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
-    except grpc.RpcError as e:
-        print(f"{e.code().name}: {e.details()}", file=sys.stderr)
-        return 2
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    print(status)
-    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+    gRPC's C core logs TLS handshake failures and the like to stderr on its own; the commands
+    report them as one clear line, so its logging is off unless GRPC_VERBOSITY asks for it.
+    """
+
+    def run(args: argparse.Namespace) -> int:
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+        from app.client import commands
+
+        return getattr(commands, f"{name}_command")(args)
+
+    return run
+
+
+def _add_connection_arguments(parser: argparse.ArgumentParser, timeout: float | None, timeout_help: str) -> None:
+    conn = parser.add_argument_group("connection")
+    conn.add_argument(
+        "--target",
+        default=None,
+        help="server address: HOST:PORT, or a gRPC target such as dns:///asr-headless.ns.svc:50051 (default: $PARAFORMER_ASR_TARGET, else localhost:50051)",
+    )
+    conn.add_argument("--tls", action="store_true", help="use TLS, trusting the system's CAs (implied by --ca-file/--cert-file)")
+    conn.add_argument("--ca-file", help="PEM CA certificate(s) to trust for the server's certificate (implies --tls)")
+    conn.add_argument("--cert-file", help="PEM client certificate, for mutual TLS (with --key-file)")
+    conn.add_argument("--key-file", help="PEM private key of --cert-file")
+    conn.add_argument("--server-name", help="expect this name on the server's certificate (when dialling an IP address or an alias)")
+    conn.add_argument("--token-file", help="file holding the bearer token (read again for every call)")
+    conn.add_argument("--token", help="bearer token (visible to other local users in the process list: prefer --token-file or $PARAFORMER_ASR_TOKEN)")
+    conn.add_argument(
+        "--load-balancing",
+        choices=("pick_first", "round_robin"),
+        default=None,
+        help="round_robin spreads calls over every address the target resolves to (a headless Kubernetes Service)",
+    )
+    conn.add_argument("--timeout", type=float, default=timeout, help=timeout_help)
+    conn.add_argument("--retries", type=int, default=4, help="retries on UNAVAILABLE and RESOURCE_EXHAUSTED, with exponential backoff (default: 4)")
+
+
+def _add_recognition_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--words", action="store_true", help="ask for word timings (shown in JSON)")
+    parser.add_argument("--no-punctuation", action="store_true", help="unpunctuated text")
+    parser.add_argument("--hotword", action="append", default=[], metavar="PHRASE[:BOOST]", help="a phrase to favour (repeatable)")
+    parser.add_argument("--model", default="", help="model pipeline name (default: the server's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,20 +148,56 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(fetch)
     fetch.set_defaults(func=_fetch_models)
 
-    tr = sub.add_parser("transcribe", help="transcribe audio files with a running server")
-    tr.add_argument("files", nargs="+", help="audio files (wav, flac, ogg, mp3, m4a, ...)")
-    tr.add_argument("--target", default="localhost:50051", help="server address HOST:PORT")
-    tr.add_argument("--json", action="store_true", help="print the whole response as JSON")
-    tr.add_argument("--words", action="store_true", help="ask for word timings (shown with --json)")
-    tr.add_argument("--no-punctuation", action="store_true", help="unpunctuated text")
-    tr.add_argument("--timeout", type=float, default=600.0, help="deadline per file, seconds")
-    tr.set_defaults(func=_transcribe)
+    tr = sub.add_parser(
+        "transcribe",
+        help="transcribe audio files with a running server",
+        description="Transcribe files, globs or directories with a running server. Output goes to stdout (or one file "
+        "per input with --output-dir); errors and progress to stderr. Exit code 0 when every file was transcribed, "
+        "1 when any failed (with a summary), 2 for a bad command line.",
+    )
+    tr.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, quoted globs ('calls/**/*.mp3') or directories (searched recursively)")
+    tr.add_argument("--format", "-f", choices=("text", "json", "srt", "vtt"), default="text", help="output format (default: text)")
+    tr.add_argument("--json", action="store_true", help="same as --format json: one JSON object per file (the RecognizeResponse)")
+    tr.add_argument("--output-dir", "-o", help="write one file per input here (NAME.txt/.json/.srt/.vtt) instead of printing")
+    tr.add_argument("--concurrency", "-j", type=int, default=4, help="files in flight at once (default: 4)")
+    tr.add_argument("--max-cue-chars", type=int, default=0, help="srt/vtt: cut sentences longer than this into several cues, by word timings")
+    progress = tr.add_mutually_exclusive_group()
+    progress.add_argument(
+        "--progress", dest="progress", action="store_true", default=None, help="progress on stderr (default: on a terminal, for several files)"
+    )
+    progress.add_argument("--no-progress", dest="progress", action="store_false")
+    _add_recognition_arguments(tr)
+    _add_connection_arguments(tr, 600.0, "deadline per file in seconds, retries included (default: 600)")
+    tr.set_defaults(func=_client_command("transcribe"))
 
-    hc = sub.add_parser("health", help="check a server's gRPC health; exit 0 when SERVING")
-    hc.add_argument("--target", default="localhost:50051")
+    st = sub.add_parser(
+        "stream",
+        help="stream an audio file to the server at real-time pace, printing interim and final results",
+        description="Decode FILE (any format), play it to StreamingRecognize at real-time pace and print the results: "
+        "interim ones rewritten in place on one line, finals on lines of their own.",
+    )
+    st.add_argument("file", help="audio file (wav, flac, ogg, mp3, m4a, webm, ...)")
+    st.add_argument("--speed", type=float, default=1.0, help="play faster than real time, e.g. 2 (default: 1)")
+    st.add_argument("--no-realtime", action="store_true", help="send the audio as fast as the connection takes it")
+    st.add_argument("--no-interim", action="store_true", help="final results only")
+    st.add_argument("--mode", choices=("auto", "two-pass", "online", "offline"), default="auto", help="which models run (default: the server's choice)")
+    st.add_argument("--single-utterance", action="store_true", help="stop after the first final result")
+    st.add_argument("--timestamps", action="store_true", help="prefix final results with their start and end time")
+    st.add_argument("--json", action="store_true", help="print every result and speech event as a JSON line")
+    st.add_argument("--chunk-ms", type=int, default=100, help="audio per message, milliseconds (default: 100)")
+    _add_recognition_arguments(st)
+    _add_connection_arguments(st, None, "deadline for the whole stream in seconds (default: none)")
+    st.set_defaults(func=_client_command("stream"))
+
+    hc = sub.add_parser(
+        "health",
+        help="check a server's gRPC health; exit 0 when SERVING",
+        description="Print the server's health status. Exit code 0 when SERVING, 1 for any other status, 2 when the server cannot be asked.",
+    )
     hc.add_argument("--service", default="", help="service name; empty for the whole server")
-    hc.add_argument("--timeout", type=float, default=5.0)
-    hc.set_defaults(func=_health)
+    hc.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait up to this long for SERVING before answering")
+    _add_connection_arguments(hc, 5.0, "deadline of the check in seconds (default: 5)")
+    hc.set_defaults(func=_client_command("health"), retries=0)
 
     demo = sub.add_parser("build-demo-models", help="build random-weight FunASR models (tests, demo, benchmarks)")
     demo.add_argument("directory")

@@ -192,6 +192,19 @@ class Settings:
         default=30.0,
     )
 
+    # --- result cache ---
+    cache_max_bytes: int = _opt(
+        "In-memory result cache budget in bytes (0: no cache). Identical audio + settings skip the model.",
+        group="cache",
+        default=0,
+    )
+    cache_ttl_s: float = _opt("How long a cached result stays valid.", group="cache", default=3600.0)
+    cache_redis_url: str = _opt(
+        "Share the result cache between replicas in Redis (e.g. redis://redis:6379/0) instead of in memory.",
+        group="cache",
+        default="",
+    )
+
     # --- logging ---
     log_level: str = _opt("Log level.", group="logging", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     log_format: str = _opt(
@@ -228,6 +241,7 @@ class Settings:
             "max_stream_seconds",
             "max_utterance_seconds",
             "legacy_max_upload_bytes",
+            "cache_ttl_s",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -244,6 +258,7 @@ class Settings:
             "max_connection_age_s",
             "max_connection_age_grace_s",
             "keepalive_min_ping_interval_s",
+            "cache_max_bytes",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, not {getattr(self, name)}")
@@ -265,6 +280,7 @@ class Settings:
         values = dataclasses.asdict(self)
         if values["auth_tokens"]:
             values["auth_tokens"] = "<set>"
+        values["cache_redis_url"] = re.sub(r"//[^@/]*@", "//<credentials>@", values["cache_redis_url"])
         return values
 
 

@@ -39,9 +39,7 @@ STREAMS_CAPACITY = Gauge(f"{PREFIX}_streams_capacity", "Most streams the server 
 
 QUEUE_ITEMS = Gauge(f"{PREFIX}_queue_requests", "Requests admitted and not yet answered", ["model"])
 QUEUE_CAPACITY_ITEMS = Gauge(f"{PREFIX}_queue_capacity_requests", "Admission limit on requests (max_queue_items)", ["model"])
-QUEUE_CAPACITY_AUDIO = Gauge(
-    f"{PREFIX}_queue_capacity_audio_seconds", "Admission limit on queued audio (max_queue_audio_seconds)", ["model"]
-)
+QUEUE_CAPACITY_AUDIO = Gauge(f"{PREFIX}_queue_capacity_audio_seconds", "Admission limit on queued audio (max_queue_audio_seconds)", ["model"])
 QUEUE_AUDIO = Gauge(f"{PREFIX}_queue_audio_seconds", "Audio of requests admitted and not yet answered", ["model"])
 QUEUE_WAIT = Histogram(f"{PREFIX}_batch_queue_wait_seconds", "Time a segment waited for its batch to start", ["model"], buckets=QUEUE_BUCKETS)
 BATCH_SIZE = Histogram(f"{PREFIX}_batch_size", "Segments per engine call", ["model"], buckets=BATCH_BUCKETS)
@@ -51,6 +49,9 @@ DROPPED_BEFORE_MODEL = Counter(
     "Segments dropped before reaching the model because the caller was gone or its deadline passed",
     ["model", "reason"],
 )
+CACHE_REQUESTS = Counter(f"{PREFIX}_cache_requests_total", "Result-cache lookups by outcome: hit, shared (single-flight) or miss", ["model", "outcome"])
+CACHE_EVICTIONS = Counter(f"{PREFIX}_cache_evictions_total", "Results evicted from the in-memory cache to stay in budget", ["model"])
+CACHE_BYTES = Gauge(f"{PREFIX}_cache_bytes", "Bytes held by the in-memory result cache", ["model"])
 ENGINE_FAILURES = Counter(f"{PREFIX}_engine_failures_total", "Engine calls that raised", ["model"])
 
 

@@ -11,8 +11,9 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
   || { echo "setup: Python 3.11 is required (found $("$PYTHON" --version 2>&1))" >&2; exit 1; }
 
 # System packages: ffmpeg (FunASR's own audio loader shells out to it for mp3/m4a; the server
-# itself decodes with PyAV), espeak-ng and sox (tests speak real speech-like audio).
-apt_packages=(ffmpeg espeak-ng sox)
+# itself decodes with PyAV), espeak-ng and sox (tests speak real speech-like audio), redis-server
+# (the shared result cache is tested against a real Redis, started by the tests themselves).
+apt_packages=(ffmpeg espeak-ng sox redis-server)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -175,11 +175,14 @@ def _decode_soundfile(data: bytes, container: str, limits: AudioLimits) -> Decod
             collector = _Collector(f.samplerate, f.channels, limits)
             # A header may claim gigabytes; we read what is really there, block by block,
             # and stop at the duration limit.
+            # Integer PCM is read as integers and scaled here: libsndfile's own float conversion
+            # scales FLAC by 1/32767 but WAV by 1/32768, and the same audio must give the same samples.
+            integer = f.subtype.startswith("PCM_") and f.subtype != "PCM_U8"
             while True:
-                block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
+                block = f.read(_BLOCK_FRAMES, dtype="int32" if integer else "float32", always_2d=True)
                 if not len(block):
                     break
-                collector.add(block)
+                collector.add(block.astype(np.float32) / 2147483648.0 if integer else block)
     except sf.LibsndfileError as e:
         raise InvalidAudio(f"could not decode the {container} audio: {_clean_reason(str(e))}") from None
     return collector.finish(container)

@@ -20,6 +20,7 @@ from app import metrics
 from app.config import Settings
 from app.core.admission import Admission, StreamSlots
 from app.core.audio import TARGET_SAMPLE_RATE_HZ, AudioInput, AudioLimits, DecodedAudio, FileUpload, decode_audio
+from app.core.cache import MemoryStore, RedisStore, ResultCache, cache_key
 from app.core.errors import DeadlineExpired, InvalidConfig
 from app.core.scheduler import BatchPolicy, BatchScheduler
 from app.core.text import Sentence, build_sentences, join_tokens
@@ -41,6 +42,11 @@ class RecognitionOptions:
     word_times: bool = False
     hotwords: tuple[str, ...] = ()
     max_end_silence_ms: int | None = None
+    use_cache: bool = True
+
+    def fingerprint(self) -> str:
+        """Everything in the options that changes a result (for the result cache's key)."""
+        return f"p={self.punctuation}|w={self.word_times}|h={','.join(self.hotwords)}|s={self.max_end_silence_ms}"
 
     @staticmethod
     def from_request(
@@ -48,6 +54,7 @@ class RecognitionOptions:
         word_times: bool,
         hotwords: Iterable[tuple[str, float]],
         engine_options: dict[str, str],
+        use_cache: bool = True,
     ) -> RecognitionOptions:
         phrases = []
         for phrase, boost in hotwords:
@@ -79,6 +86,7 @@ class RecognitionOptions:
             word_times=word_times,
             hotwords=tuple(sorted(set(phrases))),
             max_end_silence_ms=end_silence,
+            use_cache=use_cache,
         )
 
 
@@ -109,6 +117,8 @@ class RecognitionPipeline:
             ),
             model_name,
         )
+        self.cache = _make_cache(settings, model_name)
+        self._identity = f"{model_name}|{engine.identity}"
         # Decoding is CPU work that must stay off the event loop but must not queue behind the models.
         self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="audio-decode")
 
@@ -119,6 +129,8 @@ class RecognitionPipeline:
 
     async def close(self) -> None:
         await self.scheduler.close()
+        if self.cache is not None:
+            await self.cache.close()
         self._decoder.shutdown(wait=False, cancel_futures=True)
         self.engine.close()
 
@@ -150,7 +162,11 @@ class RecognitionPipeline:
         with self.admission.admit() as ticket:
             decoded = await decode()
             ticket.add_audio(decoded.duration_s)
-            sentences = await self.recognize_samples(decoded.samples, options, deadline)
+            if self.cache is not None and options.use_cache:
+                key = cache_key(decoded.samples, f"{self._identity}|{options.fingerprint()}")
+                sentences, _ = await self.cache.get_or_compute(key, lambda: self.recognize_samples(decoded.samples, options, deadline))
+            else:
+                sentences = await self.recognize_samples(decoded.samples, options, deadline)
         elapsed = time.perf_counter() - start
         duration = decoded.duration_s
         metrics.AUDIO_SECONDS.labels(self.model_name).observe(duration)
@@ -202,6 +218,14 @@ class RecognitionPipeline:
                 # Less than one feature frame of audio is nothing the model can decode.
                 if len(chunk) >= 400:
                     yield int(offset / per_ms), int((offset + len(chunk)) / per_ms), chunk
+
+
+def _make_cache(settings: Settings, model_name: str) -> ResultCache | None:
+    if settings.cache_redis_url:
+        return ResultCache(RedisStore(settings.cache_redis_url, settings.cache_ttl_s, prefix=f"paraformer-asr:{model_name}:"), model_name)
+    if settings.cache_max_bytes:
+        return ResultCache(MemoryStore(settings.cache_max_bytes, settings.cache_ttl_s, model_name), model_name)
+    return None
 
 
 def _check_deadline(deadline: float | None) -> None:

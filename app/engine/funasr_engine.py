@@ -232,6 +232,16 @@ class FunasrEngine:
         return self._punc is not None
 
     @property
+    def identity(self) -> str:
+        """Which weights answer: a new model version gives new cache keys."""
+        parts = []
+        for role, source in sorted(self.report.sources.items()):
+            weights = source.path / "model.pt"
+            stamp = weights.stat() if weights.exists() else None
+            parts.append(f"{role}={source.path}:{stamp.st_size if stamp else 0}:{int(stamp.st_mtime) if stamp else 0}")
+        return ";".join(parts)
+
+    @property
     def has_online(self) -> bool:
         return self._online is not None
 

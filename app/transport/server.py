@@ -179,6 +179,7 @@ async def serve(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT, then drain. Returns the process exit code."""
     from app.engine.loader import ModelLoadError
 
+    log.info("settings", extra={"settings": settings.public_dict()})
     running = await start_server(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

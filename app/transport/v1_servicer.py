@@ -46,6 +46,7 @@ def recognition_options(config: asr_pb2.RecognitionConfig) -> RecognitionOptions
         word_times=config.enable_word_time_offsets,
         hotwords=[(h.phrase, h.boost) for h in config.hotwords],
         engine_options=dict(config.engine_options),
+        use_cache=not config.skip_cache,
     )
 
 

@@ -47,7 +47,7 @@ class Hotword(_message.Message):
     def __init__(self, phrase: _Optional[str] = ..., boost: _Optional[float] = ...) -> None: ...
 
 class RecognitionConfig(_message.Message):
-    __slots__ = ("encoding", "sample_rate_hertz", "audio_channel_count", "enable_automatic_punctuation", "enable_word_time_offsets", "hotwords", "engine_options", "model")
+    __slots__ = ("encoding", "sample_rate_hertz", "audio_channel_count", "enable_automatic_punctuation", "enable_word_time_offsets", "hotwords", "engine_options", "model", "skip_cache")
     class EngineOptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class RecognitionConfig(_message.Message):
     HOTWORDS_FIELD_NUMBER: _ClassVar[int]
     ENGINE_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    SKIP_CACHE_FIELD_NUMBER: _ClassVar[int]
     encoding: AudioEncoding
     sample_rate_hertz: int
     audio_channel_count: int
@@ -71,7 +72,8 @@ class RecognitionConfig(_message.Message):
     hotwords: _containers.RepeatedCompositeFieldContainer[Hotword]
     engine_options: _containers.ScalarMap[str, str]
     model: str
-    def __init__(self, encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hertz: _Optional[int] = ..., audio_channel_count: _Optional[int] = ..., enable_automatic_punctuation: _Optional[bool] = ..., enable_word_time_offsets: _Optional[bool] = ..., hotwords: _Optional[_Iterable[_Union[Hotword, _Mapping]]] = ..., engine_options: _Optional[_Mapping[str, str]] = ..., model: _Optional[str] = ...) -> None: ...
+    skip_cache: bool
+    def __init__(self, encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hertz: _Optional[int] = ..., audio_channel_count: _Optional[int] = ..., enable_automatic_punctuation: _Optional[bool] = ..., enable_word_time_offsets: _Optional[bool] = ..., hotwords: _Optional[_Iterable[_Union[Hotword, _Mapping]]] = ..., engine_options: _Optional[_Mapping[str, str]] = ..., model: _Optional[str] = ..., skip_cache: _Optional[bool] = ...) -> None: ...
 
 class RecognitionAudio(_message.Message):
     __slots__ = ("content",)

@@ -1,0 +1,258 @@
+"""Request building shared by the sync and asyncio clients (the only place that fills protobufs)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from app.client.audio import AudioEncoding, Pacer, PcmFormat
+from app.client.types import StreamingMode
+from app.gen.paraformer.asr.v1 import asr_pb2
+
+Hotwords = Sequence[str | tuple[str, float]]
+
+# A stream that fails before the server's first answer (refused at the door: draining, full)
+# is retried with the chunks sent so far; beyond this much audio it is not.
+MAX_REPLAY_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Recognition:
+    """Recognition settings common to files and streams (``RecognitionConfig`` less the audio layout)."""
+
+    punctuation: bool | None = None
+    word_times: bool = False
+    hotwords: Hotwords = ()
+    model: str = ""
+    engine_options: Mapping[str, str] = field(default_factory=dict)
+
+    def config(self, encoding: AudioEncoding, sample_rate_hz: int = 0, channels: int = 0) -> asr_pb2.RecognitionConfig:
+        hotwords = [asr_pb2.Hotword(phrase=h, boost=0) if isinstance(h, str) else asr_pb2.Hotword(phrase=h[0], boost=h[1]) for h in self.hotwords]
+        config = asr_pb2.RecognitionConfig(
+            encoding=encoding.value,
+            sample_rate_hertz=sample_rate_hz,
+            audio_channel_count=channels if encoding is not AudioEncoding.CONTAINER and channels > 1 else 0,
+            enable_word_time_offsets=self.word_times,
+            hotwords=hotwords,
+            engine_options={str(k): str(v) for k, v in self.engine_options.items()},
+            model=self.model,
+        )
+        if self.punctuation is not None:
+            config.enable_automatic_punctuation = self.punctuation
+        return config
+
+
+@dataclass(frozen=True)
+class Streaming:
+    """Stream settings (``StreamingRecognitionConfig`` less the recognition settings)."""
+
+    interim_results: bool = True
+    single_utterance: bool = False
+    mode: StreamingMode = StreamingMode.AUTO
+    chunk_duration_ms: int = 0
+    max_trailing_silence_ms: int = 0
+    max_utterance_ms: int = 0
+
+    def config(self, recognition: Recognition, pcm: PcmFormat) -> asr_pb2.StreamingRecognizeRequest:
+        return asr_pb2.StreamingRecognizeRequest(
+            streaming_config=asr_pb2.StreamingRecognitionConfig(
+                config=recognition.config(pcm.encoding, pcm.sample_rate_hz, pcm.channels),
+                interim_results=self.interim_results,
+                single_utterance=self.single_utterance,
+                mode=self.mode.value,
+                chunk_duration_ms=self.chunk_duration_ms,
+                endpointing=asr_pb2.EndpointingConfig(max_trailing_silence_ms=self.max_trailing_silence_ms, max_utterance_ms=self.max_utterance_ms),
+            )
+        )
+
+
+def recognize_request(content: bytes, encoding: AudioEncoding, sample_rate_hz: int, channels: int, recognition: Recognition) -> asr_pb2.RecognizeRequest:
+    return asr_pb2.RecognizeRequest(config=recognition.config(encoding, sample_rate_hz, channels), audio=asr_pb2.RecognitionAudio(content=content))
+
+
+class ReplayLog:
+    """The chunks pulled from the source while a stream may still be retried, shared by its attempts.
+
+    Each attempt first re-sends what earlier attempts pulled, then pulls new chunks. Recording
+    stops at the server's first answer (a stream is not retried after that) or past
+    MAX_REPLAY_BYTES. An attempt whose call is over may still be inside its pull when the next
+    attempt starts: the chunk it gets is recorded, so the next attempt sends it; the lock keeps
+    the source to one reader.
+    """
+
+    def __init__(self, max_bytes: int = MAX_REPLAY_BYTES):
+        self.max_bytes = max_bytes
+        self.chunks: list[bytes] = []
+        self.bytes = 0
+        self.pulled = 0
+        self.recording = True
+        self.replayable = True
+        self.exhausted = False
+        self.source_error: BaseException | None = None
+
+    def stop(self) -> None:
+        self.recording = False
+        self.chunks.clear()
+
+    def record(self, chunk: bytes) -> None:
+        self.pulled += 1
+        if not self.recording:
+            return
+        self.chunks.append(chunk)
+        self.bytes += len(chunk)
+        if self.bytes > self.max_bytes:
+            self.replayable = False
+            self.stop()
+
+    def replayed(self, position: int) -> bytes | None:
+        """The recorded chunk at ``position``; None when the attempt is stale (recording stopped)."""
+        return self.chunks[position] if self.recording else None
+
+
+class SyncFeed:
+    """A thread-safe ReplayLog over a synchronous iterable (gRPC reads requests on its own thread)."""
+
+    def __init__(self, source: Iterable[bytes], max_bytes: int = MAX_REPLAY_BYTES):
+        self.log = ReplayLog(max_bytes)
+        self._it = iter(source)
+        self._lock = threading.Lock()
+
+    def stop_recording(self) -> None:
+        with self._lock:
+            self.log.stop()
+
+    def attempt(self) -> Iterator[bytes]:
+        position = 0
+        while True:
+            with self._lock:
+                if position < self.log.pulled:
+                    chunk = self.log.replayed(position)
+                    if chunk is None:
+                        return
+                elif self.log.exhausted:
+                    return
+                else:
+                    try:
+                        chunk = next(self._it)
+                    except StopIteration:
+                        self.log.exhausted = True
+                        return
+                    except BaseException as e:
+                        self.log.source_error = e
+                        raise
+                    self.log.record(bytes(chunk))
+            position += 1
+            if chunk:
+                yield bytes(chunk)
+
+    def requests(self, first: asr_pb2.StreamingRecognizeRequest) -> Iterator[asr_pb2.StreamingRecognizeRequest]:
+        yield first
+        for chunk in self.attempt():
+            yield asr_pb2.StreamingRecognizeRequest(audio_content=chunk)
+
+
+_END = object()
+
+
+class _SourceFailed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class AsyncFeed:
+    """The asyncio ReplayLog: one pump task reads the source into a small queue.
+
+    gRPC cancels an attempt's request iterator when its call ends; cancelling a pending read of
+    the caller's async generator would break that generator for good. Attempts therefore only
+    wait on the queue (cancel-safe), and the pump, which nobody cancels until the stream is
+    over, is the source's only reader. A synchronous iterable is read on a worker thread unless
+    it is known not to block (``blocking=False``).
+    """
+
+    def __init__(self, source, blocking: bool = True, pacer: Pacer | None = None, max_bytes: int = MAX_REPLAY_BYTES):
+        import asyncio
+
+        self.log = ReplayLog(max_bytes)
+        self._source = source
+        self._blocking = blocking
+        self._pacer = pacer
+        self._queue: asyncio.Queue = asyncio.Queue(maxsize=2)
+        self._lock = asyncio.Lock()
+        self._pump_task: asyncio.Task | None = None
+
+    async def _pump(self) -> None:
+        import asyncio
+
+        async def put(chunk) -> None:
+            if self._pacer is not None:
+                delay = self._pacer.wait_s(len(chunk))
+                if delay:
+                    await asyncio.sleep(delay)
+            await self._queue.put(bytes(chunk))
+
+        try:
+            if hasattr(self._source, "__aiter__"):
+                async for chunk in self._source:
+                    await put(chunk)
+            else:
+                it = iter(self._source)
+                while True:
+                    chunk = await asyncio.to_thread(next, it, _END) if self._blocking else next(it, _END)
+                    if chunk is _END:
+                        break
+                    await put(chunk)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # handed to the attempt, which raises it in the caller's task
+            await self._queue.put(_SourceFailed(e))
+            return
+        await self._queue.put(_END)
+
+    def start(self) -> None:
+        import asyncio
+
+        if self._pump_task is None:
+            self._pump_task = asyncio.get_running_loop().create_task(self._pump())
+
+    async def close(self) -> None:
+        import asyncio
+        import contextlib
+
+        if self._pump_task is not None and not self._pump_task.done():
+            self._pump_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pump_task
+
+    def stop_recording(self) -> None:
+        self.log.stop()
+
+    async def attempt(self):
+        position = 0
+        while True:
+            async with self._lock:
+                if position < self.log.pulled:
+                    chunk = self.log.replayed(position)
+                    if chunk is None:
+                        return
+                elif self.log.exhausted:
+                    return
+                else:
+                    item = await self._queue.get()
+                    if item is _END:
+                        self.log.exhausted = True
+                        return
+                    if isinstance(item, _SourceFailed):
+                        self.log.source_error = item.error
+                        self.log.exhausted = True
+                        raise item.error
+                    chunk = item
+                    self.log.record(chunk)
+            position += 1
+            if chunk:
+                yield chunk
+
+    async def requests(self, first: asr_pb2.StreamingRecognizeRequest):
+        yield first
+        async for chunk in self.attempt():
+            yield asr_pb2.StreamingRecognizeRequest(audio_content=chunk)

@@ -1,0 +1,197 @@
+"""The asyncio client: ``await AsyncClient(target).transcribe(path)``, ``async for r in client.stream(...)``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from app.client import errors
+from app.client._requests import AsyncFeed, Hotwords, Recognition, Streaming, recognize_request
+from app.client.audio import AudioEncoding, Pacer, recognize_audio, stream_source
+from app.client.channel import DEFAULT_TARGET, TlsConfig, TokenSource, call_metadata, channel_options, resolve_tls
+from app.client.errors import AsrError, trailing_metadata
+from app.client.retry import NO_RETRY, Attempts, RetryEvent, RetryPolicy
+from app.client.sync import HEALTH_STATUS
+from app.client.types import StreamingMode, StreamItem, Transcript, stream_items, transcript_from_proto
+from app.gen.paraformer.asr.v1 import asr_pb2_grpc
+
+
+class AsyncClient:
+    """The asyncio twin of ``Client`` (same arguments). Create it inside the event loop that uses it.
+
+    File reading and decoding run on worker threads, never on the event loop.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        tls: bool | TlsConfig = False,
+        token: TokenSource = None,
+        timeout: float | None = 600.0,
+        retry: RetryPolicy | None = None,
+        load_balancing: str | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        metadata: Sequence[tuple[str, str]] = (),
+        on_retry: Callable[[RetryEvent], None] | None = None,
+    ):
+        self.target = target
+        self._tls = resolve_tls(tls)
+        self._token = token
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._metadata = tuple(metadata)
+        self.on_retry = on_retry
+        opts = channel_options(load_balancing, self._tls, options)
+        if self._tls is None:
+            self._channel = grpc.aio.insecure_channel(target, options=opts)
+        else:
+            self._channel = grpc.aio.secure_channel(target, self._tls.credentials(), options=opts)
+        self._stub = asr_pb2_grpc.RecognizerStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    def _error(self, error: grpc.RpcError, attempts: int) -> AsrError:
+        return AsrError.from_rpc(error, self.target, self._tls is not None, attempts)
+
+    def _metadata_for(self, request_id: str | None, metadata: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+        return call_metadata(self._token, request_id, (*self._metadata, *metadata))
+
+    async def _unary(self, method, request, timeout: float | None, metadata, retry: RetryPolicy | None):
+        attempts = Attempts(retry or self.retry, timeout, self.on_retry)
+        while True:
+            attempt_timeout = attempts.start()
+            try:
+                return await method(request, timeout=attempt_timeout, metadata=metadata)
+            except grpc.RpcError as e:
+                error = self._error(e, attempts.attempt)
+                pause = attempts.pause_after(error, trailing_metadata(e))
+                if pause is None:
+                    raise error from None
+                await asyncio.sleep(pause)
+
+    async def transcribe(
+        self,
+        audio: Any,
+        *,
+        sample_rate_hz: int = 0,
+        encoding: AudioEncoding | None = None,
+        channels: int = 0,
+        punctuation: bool | None = None,
+        word_times: bool = False,
+        hotwords: Hotwords = (),
+        model: str = "",
+        engine_options: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        retry: RetryPolicy | None = None,
+    ) -> Transcript:
+        """See ``Client.transcribe``."""
+        content, enc, rate, chans = await asyncio.to_thread(recognize_audio, audio, sample_rate_hz, encoding, channels)
+        recognition = Recognition(punctuation, word_times, tuple(hotwords), model, dict(engine_options or {}))
+        request = recognize_request(content, enc, rate, chans, recognition)
+        response = await self._unary(
+            self._stub.Recognize, request, self.timeout if timeout is None else timeout, self._metadata_for(request_id, metadata), retry
+        )
+        return transcript_from_proto(response)
+
+    async def stream(
+        self,
+        source: Any,
+        *,
+        sample_rate_hz: int = 0,
+        encoding: AudioEncoding | None = None,
+        channels: int = 1,
+        interim_results: bool = True,
+        mode: StreamingMode = StreamingMode.AUTO,
+        single_utterance: bool = False,
+        chunk_duration_ms: int = 0,
+        max_trailing_silence_ms: int = 0,
+        max_utterance_ms: int = 0,
+        punctuation: bool | None = None,
+        word_times: bool = False,
+        hotwords: Hotwords = (),
+        model: str = "",
+        engine_options: Mapping[str, str] | None = None,
+        realtime: bool | None = None,
+        speed: float = 1.0,
+        chunk_ms: int = 100,
+        events: bool = False,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        retry: RetryPolicy | None = None,
+    ) -> AsyncIterator[StreamItem]:
+        """See ``Client.stream``; ``source`` may also be an async iterable of PCM chunks.
+
+        To stop early, close the generator (``contextlib.aclosing``), which cancels the stream.
+        """
+        src = await asyncio.to_thread(stream_source, source, sample_rate_hz, encoding, channels, realtime, chunk_ms)
+        recognition = Recognition(punctuation, word_times, tuple(hotwords), model, dict(engine_options or {}))
+        first = Streaming(interim_results, single_utterance, mode, chunk_duration_ms, max_trailing_silence_ms, max_utterance_ms).config(recognition, src.pcm)
+        feed = AsyncFeed(src.chunks, blocking=src.blocking, pacer=Pacer(src.pcm.bytes_per_second, speed) if src.realtime else None)
+        call_md = self._metadata_for(request_id, metadata)
+        attempts = Attempts(retry or self.retry, timeout, self.on_retry)
+        feed.start()
+        try:
+            while True:
+                call = self._stub.StreamingRecognize(feed.requests(first), timeout=attempts.start(), metadata=call_md)
+                answered = False
+                try:
+                    async for response in call:
+                        if not answered:
+                            answered = True
+                            feed.stop_recording()
+                        for item in stream_items(response, events):
+                            yield item
+                    return
+                except grpc.RpcError as e:
+                    if feed.log.source_error is not None:
+                        raise feed.log.source_error from None
+                    error = self._error(e, attempts.attempt)
+                    pause = None if answered or not feed.log.replayable else attempts.pause_after(error, trailing_metadata(e))
+                    if pause is None:
+                        raise error from None
+                    await asyncio.sleep(pause)
+                finally:
+                    call.cancel()
+        finally:
+            await feed.close()
+
+    async def health(self, service: str = "", timeout: float | None = 5.0, retry: RetryPolicy | None = None) -> str:
+        """See ``Client.health``."""
+        reply = await self._unary(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout, self._metadata_for(None, ()), retry or NO_RETRY)
+        return HEALTH_STATUS.get(reply.status, str(reply.status))
+
+    async def wait_until_serving(self, timeout: float = 60.0, service: str = "", poll_s: float = 0.25) -> None:
+        """See ``Client.wait_until_serving``."""
+        deadline = time.monotonic() + timeout
+        last: AsrError | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                status = await self.health(service, timeout=max(0.1, min(5.0, remaining)))
+                if status == "SERVING":
+                    return
+                last = AsrError(None, f"health status is {status}", errors.LOADING, self.target)
+            except AsrError as e:
+                if e.is_fatal and e.reason not in (errors.UNREACHABLE, errors.DNS):
+                    raise
+                last = e
+            if time.monotonic() + poll_s >= deadline:
+                raise AsrError(None, f"not SERVING after {timeout:g} s (last: {last})", errors.TIMEOUT, self.target)
+            await asyncio.sleep(poll_s)
