@@ -56,7 +56,7 @@ from bench.workload import AUDIO_SETS, AudioSet
 PRESETS = {
     "tiny": dict(
         concurrency="1,4,16,32,64", sets="short,long", long_concurrency="1,4,16",
-        requests_per_client=10, min_requests=40, max_requests=1000, point_seconds=30.0,
+        requests_per_client=15, min_requests=40, max_requests=1000, point_seconds=30.0,
         long_requests_per_client=1, long_min_requests=4, long_max_requests=32, long_point_seconds=60.0,
         overhead_reps=200, overload_queue_items=32, overload_phases="5,10,8", timeout_s=120.0,
         goal_ratio=3.0,
@@ -65,7 +65,7 @@ PRESETS = {
         concurrency="1,4,16,32", sets="short,long", long_concurrency="1,4",
         requests_per_client=3, min_requests=12, max_requests=200, point_seconds=60.0,
         long_requests_per_client=1, long_min_requests=1, long_max_requests=4, long_point_seconds=60.0,
-        overhead_reps=20, overload_queue_items=32, overload_phases="10,20,20", timeout_s=600.0,
+        overhead_reps=30, overload_queue_items=32, overload_phases="10,20,20", timeout_s=600.0,
         goal_ratio=2.0,
     ),
 }  # fmt: skip
