@@ -55,6 +55,11 @@ class Settings:
         group="models",
         default=DEFAULT_ONLINE_MODEL,
     )
+    models_config: str = _opt(
+        "YAML file naming several model pipelines (see docs/models.md); overrides asr_model etc. when set.",
+        group="models",
+        default="",
+    )
     model_revision: str = _opt("Hub revision (tag or branch) of models given as hub ids.", group="models", default="master")
     model_cache_dir: str = _opt(
         "Where hub models are downloaded to and looked up in (the ModelScope cache).",
@@ -150,6 +155,12 @@ class Settings:
         group="security",
         default="",
     )
+    admin_tokens_file: str = _opt(
+        "File of admin bearer tokens (one per line) for the Admin service (ReloadModel); the Admin API is off without admin tokens.",
+        group="security",
+        default="",
+    )
+    admin_tokens: str = _opt("Admin bearer tokens, comma-separated (prefer admin_tokens_file). Never logged.", group="security", default="")
     auth_health_open: bool = _opt("With token auth on, leave the health service open (for probes).", group="security", default=True)
     auth_reflection_open: bool = _opt("With token auth on, leave server reflection open.", group="security", default=False)
 
@@ -278,8 +289,9 @@ class Settings:
     def public_dict(self) -> dict[str, Any]:
         """For the start-up log line: every setting, secrets masked."""
         values = dataclasses.asdict(self)
-        if values["auth_tokens"]:
-            values["auth_tokens"] = "<set>"
+        for secret in ("auth_tokens", "admin_tokens"):
+            if values[secret]:
+                values[secret] = "<set>"
         values["cache_redis_url"] = re.sub(r"//[^@/]*@", "//<credentials>@", values["cache_redis_url"])
         return values
 
@@ -362,3 +374,54 @@ def reference_markdown() -> str:
         default = str(f.default).replace(str(Path.home()), "~") or "(empty)"
         lines.append(f"| `{Settings.flag_name(f.name)}` | `{Settings.env_name(f.name)}` | `{default}` | {f.metadata['help']} |")
     return "\n".join(lines) + "\n"
+
+
+# Settings a model pipeline in models_config may set for itself.
+PER_MODEL_SETTINGS = (
+    "asr_model",
+    "vad_model",
+    "punc_model",
+    "online_model",
+    "model_revision",
+    "device",
+    "torch_threads",
+    "allow_random_weights",
+    "max_batch_size",
+    "max_batch_audio_seconds",
+    "max_batch_wait_ms",
+    "max_queue_items",
+    "max_queue_audio_seconds",
+    "max_segment_seconds",
+    "cache_max_bytes",
+    "cache_ttl_s",
+)
+
+
+def model_settings(settings: Settings) -> tuple[str, dict[str, Settings]]:
+    """(default name, settings per named pipeline): from models_config, or the one pipeline of the flags."""
+    if not settings.models_config:
+        name = settings.model_name or ("demo-random-weights" if settings.demo else settings.asr_model.rstrip("/").rsplit("/", 1)[-1])
+        return name, {name: dataclasses.replace(settings, model_name=name)}
+    import yaml
+
+    try:
+        doc = yaml.safe_load(Path(settings.models_config).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read models_config {settings.models_config}: {e}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("models"), dict) or not doc["models"]:
+        raise ConfigError(f"models_config {settings.models_config} needs a 'models:' mapping of name -> settings")
+    pipelines = {}
+    for name, overrides in doc["models"].items():
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", str(name)):
+            raise ConfigError(f"model name {name!r} in models_config: use letters, digits, '.', '_' or '-' (at most 64)")
+        overrides = overrides or {}
+        unknown = sorted(set(overrides) - set(PER_MODEL_SETTINGS))
+        if unknown:
+            raise ConfigError(f"model {name} in models_config sets {', '.join(unknown)}; allowed: {', '.join(PER_MODEL_SETTINGS)}")
+        kinds = {f.name: _field_type(f) for f in fields(Settings)}
+        values = {k: v if isinstance(v, kinds[k]) else _parse_value(kinds[k], str(v), f"{name}.{k}") for k, v in overrides.items()}
+        pipelines[str(name)] = dataclasses.replace(settings, model_name=str(name), **values).validate()
+    default = str(doc.get("default") or next(iter(pipelines)))
+    if default not in pipelines:
+        raise ConfigError(f"models_config default {default!r} is not one of {', '.join(pipelines)}")
+    return default, pipelines

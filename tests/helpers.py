@@ -84,7 +84,6 @@ class ServerThread:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="test-server", daemon=True)
         self.running = None
-        self.pipeline = None
 
     def start(self) -> ServerThread:
         from app.transport.server import start_server
@@ -96,14 +95,15 @@ class ServerThread:
         return self
 
     def load(self) -> None:
-        from app.transport.server import load_pipeline
+        from app.transport.server import load_models
 
-        async def go():
-            self.pipeline = await load_pipeline(self.settings)
-            self.running.service.ready(self.pipeline)
-            await self.running.set_serving(True)
+        self.call(load_models(self.running))
 
-        self.call(go())
+    @property
+    def pipeline(self):
+        """The default model's pipeline (after a reload: the new version)."""
+        service = self.running.service
+        return service.pipeline() if service.phase.value == "serving" else None
 
     @property
     def target(self) -> str:
@@ -116,8 +116,8 @@ class ServerThread:
         async def go():
             self.running.service.drain()
             await self.running.stop(grace)
-            if self.pipeline is not None:
-                await self.pipeline.close()
+            for pipeline in self.running.service.pipelines:
+                await pipeline.close()
 
         try:
             self.call(go())

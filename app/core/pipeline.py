@@ -122,6 +122,25 @@ class RecognitionPipeline:
         # Decoding is CPU work that must stay off the event loop but must not queue behind the models.
         self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="audio-decode")
 
+    @classmethod
+    async def load(cls, settings: Settings) -> RecognitionPipeline:
+        """Load, verify and warm up the models of settings.model_name (on a thread), then start batching."""
+        name = settings.model_name
+        engine = await asyncio.to_thread(FunasrEngine.load, settings)
+        for role, seconds in engine.report.load_seconds.items():
+            metrics.MODEL_LOAD_SECONDS.labels(name, role).set(seconds)
+        for role, seconds in engine.report.warmup_seconds.items():
+            metrics.MODEL_WARMUP_SECONDS.labels(name, role).set(seconds)
+        pipeline = cls(engine, settings, name)
+        await pipeline.start()
+        metrics.MODEL_READY.labels(name).set(1)
+        return pipeline
+
+    @property
+    def busy(self) -> bool:
+        """Requests or streams still use this pipeline."""
+        return bool(self.admission.items or self.streams.open)
+
     async def start(self) -> None:
         a = self.admission
         metrics.init_model_series(self.model_name, a.max_items, a.max_audio_s, self.streams.max_streams)

@@ -352,5 +352,14 @@ class FunasrEngine:
         return [self._punc_marks[i] if 0 <= i < len(self._punc_marks) else "" for i in ids]
 
     def close(self) -> None:
+        """Stop the workers and let go of the models, returning their memory (GPU memory included)."""
+        import gc
+
+        import torch
+
         for worker in self._workers.values():
             worker.shutdown()
+        self._asr = self._vad = self._punc = self._online = None
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()

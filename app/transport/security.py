@@ -140,27 +140,47 @@ def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
     return refuse
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """UNAUTHENTICATED for a missing or wrong bearer token; health (and optionally reflection) can stay open."""
+ADMIN_PREFIX = "/paraformer.asr.v1.Admin/"
 
-    def __init__(self, tokens: TokenStore, health_open: bool = True, reflection_open: bool = False):
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Bearer tokens: UNAUTHENTICATED when missing or wrong, PERMISSION_DENIED for the Admin API without an admin token.
+
+    Health (and optionally reflection) can stay open. The Admin API is refused outright unless admin
+    tokens are configured; an admin token is also accepted wherever a user token is.
+    """
+
+    def __init__(self, tokens: TokenStore, admin_tokens: TokenStore, health_open: bool = True, reflection_open: bool = False):
         self._tokens = tokens
+        self._admin = admin_tokens
         self._open = tuple(p for p, is_open in ((HEALTH_PREFIX, health_open), (REFLECTION_PREFIX, reflection_open)) if is_open)
 
-    async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
-        if details.method.startswith(self._open):
-            return await continuation(details)
+    def _refusal(self, details: grpc.HandlerCallDetails) -> tuple[grpc.StatusCode, str] | None:
+        method = details.method
+        if method.startswith(ADMIN_PREFIX):
+            if not self._admin.enabled:
+                return grpc.StatusCode.PERMISSION_DENIED, "the Admin API is disabled on this server (no admin_tokens_file)"
+            stores = (self._admin,)
+        elif not self._tokens.enabled or method.startswith(self._open):
+            return None
+        else:
+            stores = (self._tokens, self._admin)
         header = next((v for k, v in details.invocation_metadata or () if k == AUTH_KEY), None)
         if header is None:
-            message = "missing credentials: send an 'authorization: Bearer <token>' metadata header"
-        elif not isinstance(header, str) or not header.startswith("Bearer ") or not self._tokens.accepts(header[7:].strip()):
-            message = "invalid credentials: the bearer token is not accepted"
-        else:
-            return await continuation(details)
-        handler = await continuation(details)
-        if handler is None:
+            return grpc.StatusCode.UNAUTHENTICATED, "missing credentials: send an 'authorization: Bearer <token>' metadata header"
+        token = header[7:].strip() if isinstance(header, str) and header.startswith("Bearer ") else None
+        if token and any(store.enabled and store.accepts(token) for store in stores):
             return None
-        refuse = _deny(grpc.StatusCode.UNAUTHENTICATED, message)
+        if token and method.startswith(ADMIN_PREFIX) and self._tokens.enabled and self._tokens.accepts(token):
+            return grpc.StatusCode.PERMISSION_DENIED, "this token may not use the Admin API"
+        return grpc.StatusCode.UNAUTHENTICATED, "invalid credentials: the bearer token is not accepted"
+
+    async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
+        refusal = self._refusal(details)
+        handler = await continuation(details)
+        if refusal is None or handler is None:
+            return handler
+        refuse = _deny(*refusal)
         kinds = {
             "unary_unary": grpc.unary_unary_rpc_method_handler,
             "unary_stream": grpc.unary_stream_rpc_method_handler,

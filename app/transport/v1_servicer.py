@@ -84,10 +84,8 @@ _EVENTS = {
 }
 
 
-def stream_config(msg: asr_pb2.StreamingRecognitionConfig, model_name: str) -> StreamConfig:
+def stream_config(msg: asr_pb2.StreamingRecognitionConfig) -> StreamConfig:
     config = msg.config
-    if config.model and config.model != model_name:
-        raise InvalidConfig(f"unknown model {config.model!r}; this server serves: {model_name}")
     audio = audio_input(config, b"")
     if audio.encoding is Encoding.CONTAINER:
         raise InvalidConfig("streaming audio must be raw PCM: set config.encoding to AUDIO_ENCODING_LINEAR16 or AUDIO_ENCODING_FLOAT32")
@@ -140,12 +138,13 @@ class RecognizerServicer(asr_pb2_grpc.RecognizerServicer):
         self._idle_timeout_s = idle_timeout_s
 
     async def StreamingRecognize(self, request_iterator, context: grpc.aio.ServicerContext):
-        pipeline = self._service.pipeline()
+        self._service.pipeline()  # UNAVAILABLE before reading anything while loading or draining
         messages = aiter(request_iterator)
         first = await next_message(messages, self._idle_timeout_s)
         if first is None or first.WhichOneof("streaming_request") != "streaming_config":
             raise InvalidConfig("the first message of a stream must carry streaming_config (audio came first, or nothing)")
-        config = stream_config(first.streaming_config, pipeline.model_name)
+        pipeline = self._service.pipeline(first.streaming_config.config.model)
+        config = stream_config(first.streaming_config)
         facts = current_facts.get()
         facts.model = pipeline.model_name
         rid = current_request_id.get()
@@ -164,10 +163,14 @@ class RecognizerServicer(asr_pb2_grpc.RecognizerServicer):
             finally:
                 facts.audio_s = session.pcm.seconds_in
 
+    async def ListModels(self, request: asr_pb2.ListModelsRequest, context: grpc.aio.ServicerContext):
+        from app.transport.admin_servicer import model_info
+
+        self._service.pipeline()  # UNAVAILABLE while loading or draining
+        return asr_pb2.ListModelsResponse(models=[model_info(m) for m in self._service.models()])
+
     async def Recognize(self, request: asr_pb2.RecognizeRequest, context: grpc.aio.ServicerContext):
-        pipeline = self._service.pipeline()
-        if request.config.model and request.config.model != pipeline.model_name:
-            raise InvalidConfig(f"unknown model {request.config.model!r}; this server serves: {pipeline.model_name}")
+        pipeline = self._service.pipeline(request.config.model)
         if not request.audio.content:
             raise InvalidAudio("no audio: audio.content is empty")
         audio = audio_input(request.config, request.audio.content)

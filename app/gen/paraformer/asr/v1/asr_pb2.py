@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bparaformer/asr/v1/asr.proto\x12\x11paraformer.asr.v1\"(\n\x07Hotword\x12\x0e\n\x06phrase\x18\x01 \x01(\t\x12\r\n\x05\x62oost\x18\x02 \x01(\x02\"\xc5\x03\n\x11RecognitionConfig\x12\x32\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32 .paraformer.asr.v1.AudioEncoding\x12\x19\n\x11sample_rate_hertz\x18\x02 \x01(\x05\x12\x1b\n\x13\x61udio_channel_count\x18\x03 \x01(\x05\x12)\n\x1c\x65nable_automatic_punctuation\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12 \n\x18\x65nable_word_time_offsets\x18\x05 \x01(\x08\x12,\n\x08hotwords\x18\x06 \x03(\x0b\x32\x1a.paraformer.asr.v1.Hotword\x12O\n\x0e\x65ngine_options\x18\x07 \x03(\x0b\x32\x37.paraformer.asr.v1.RecognitionConfig.EngineOptionsEntry\x12\r\n\x05model\x18\x08 \x01(\t\x12\x12\n\nskip_cache\x18\t \x01(\x08\x1a\x34\n\x12\x45ngineOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x1f\n\x1d_enable_automatic_punctuation\"5\n\x10RecognitionAudio\x12\x11\n\x07\x63ontent\x18\x01 \x01(\x0cH\x00\x42\x0e\n\x0c\x61udio_source\"|\n\x10RecognizeRequest\x12\x34\n\x06\x63onfig\x18\x01 \x01(\x0b\x32$.paraformer.asr.v1.RecognitionConfig\x12\x32\n\x05\x61udio\x18\x02 \x01(\x0b\x32#.paraformer.asr.v1.RecognitionAudio\"D\n\x08WordInfo\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\x15\n\rstart_time_ms\x18\x02 \x01(\x03\x12\x13\n\x0b\x65nd_time_ms\x18\x03 \x01(\x03\"r\n\x1cSpeechRecognitionAlternative\x12\x12\n\ntranscript\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12*\n\x05words\x18\x03 \x03(\x0b\x32\x1b.paraformer.asr.v1.WordInfo\"\x8c\x01\n\x17SpeechRecognitionResult\x12\x45\n\x0c\x61lternatives\x18\x01 \x03(\x0b\x32/.paraformer.asr.v1.SpeechRecognitionAlternative\x12\x15\n\rstart_time_ms\x18\x02 \x01(\x03\x12\x13\n\x0b\x65nd_time_ms\x18\x03 \x01(\x03\"\xbe\x01\n\x11RecognizeResponse\x12;\n\x07results\x18\x01 \x03(\x0b\x32*.paraformer.asr.v1.SpeechRecognitionResult\x12\x12\n\ntranscript\x18\x02 \x01(\t\x12\x19\n\x11\x61udio_duration_ms\x18\x03 \x01(\x03\x12\x1a\n\x12processing_time_ms\x18\x04 \x01(\x03\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\"N\n\x11\x45ndpointingConfig\x12\x1f\n\x17max_trailing_silence_ms\x18\x01 \x01(\x05\x12\x18\n\x10max_utterance_ms\x18\x02 \x01(\x05\"\x8b\x02\n\x1aStreamingRecognitionConfig\x12\x34\n\x06\x63onfig\x18\x01 \x01(\x0b\x32$.paraformer.asr.v1.RecognitionConfig\x12\x17\n\x0finterim_results\x18\x02 \x01(\x08\x12\x18\n\x10single_utterance\x18\x03 \x01(\x08\x12.\n\x04mode\x18\x04 \x01(\x0e\x32 .paraformer.asr.v1.StreamingMode\x12\x19\n\x11\x63hunk_duration_ms\x18\x05 \x01(\x05\x12\x39\n\x0b\x65ndpointing\x18\x06 \x01(\x0b\x32$.paraformer.asr.v1.EndpointingConfig\"\x94\x01\n\x19StreamingRecognizeRequest\x12I\n\x10streaming_config\x18\x01 \x01(\x0b\x32-.paraformer.asr.v1.StreamingRecognitionConfigH\x00\x12\x17\n\raudio_content\x18\x02 \x01(\x0cH\x00\x42\x13\n\x11streaming_request\"\xcd\x01\n\x1aStreamingRecognitionResult\x12\x45\n\x0c\x61lternatives\x18\x01 \x03(\x0b\x32/.paraformer.asr.v1.SpeechRecognitionAlternative\x12\x10\n\x08is_final\x18\x02 \x01(\x08\x12\x11\n\tstability\x18\x03 \x01(\x02\x12\x15\n\rstart_time_ms\x18\x04 \x01(\x03\x12\x13\n\x0b\x65nd_time_ms\x18\x05 \x01(\x03\x12\x17\n\x0futterance_index\x18\x06 \x01(\x05\"\xcd\x01\n\x1aStreamingRecognizeResponse\x12>\n\x07results\x18\x01 \x03(\x0b\x32-.paraformer.asr.v1.StreamingRecognitionResult\x12=\n\x11speech_event_type\x18\x02 \x01(\x0e\x32\".paraformer.asr.v1.SpeechEventType\x12\x1c\n\x14speech_event_time_ms\x18\x03 \x01(\x03\x12\x12\n\nrequest_id\x18\x04 \x01(\t*h\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41UDIO_ENCODING_LINEAR16\x10\x01\x12\x1a\n\x16\x41UDIO_ENCODING_FLOAT32\x10\x02*\x83\x01\n\rStreamingMode\x12\x1e\n\x1aSTREAMING_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15STREAMING_MODE_ONLINE\x10\x01\x12\x1a\n\x16STREAMING_MODE_OFFLINE\x10\x02\x12\x1b\n\x17STREAMING_MODE_TWO_PASS\x10\x03*\xa9\x01\n\x0fSpeechEventType\x12!\n\x1dSPEECH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\"\n\x1eSPEECH_EVENT_TYPE_SPEECH_BEGIN\x10\x01\x12 \n\x1cSPEECH_EVENT_TYPE_SPEECH_END\x10\x02\x12-\n)SPEECH_EVENT_TYPE_END_OF_SINGLE_UTTERANCE\x10\x03\x32\xdb\x01\n\nRecognizer\x12V\n\tRecognize\x12#.paraformer.asr.v1.RecognizeRequest\x1a$.paraformer.asr.v1.RecognizeResponse\x12u\n\x12StreamingRecognize\x12,.paraformer.asr.v1.StreamingRecognizeRequest\x1a-.paraformer.asr.v1.StreamingRecognizeResponse(\x01\x30\x01\x42n\n\x17io.paraformerasr.asr.v1B\x08\x41srProtoP\x01ZGgithub.com/paraformer-asr/paraformer-asr/gen/go/paraformer/asr/v1;asrv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bparaformer/asr/v1/asr.proto\x12\x11paraformer.asr.v1\"\x13\n\x11ListModelsRequest\"\x8f\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nis_default\x18\x02 \x01(\x08\x12\r\n\x05ready\x18\x03 \x01(\x08\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12:\n\x07sources\x18\x05 \x03(\x0b\x32).paraformer.asr.v1.ModelInfo.SourcesEntry\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x11\n\tstreaming\x18\x07 \x01(\x08\x12\x16\n\x0erandom_weights\x18\x08 \x01(\x08\x12\x19\n\x11loaded_at_unix_ms\x18\t \x01(\x03\x1a.\n\x0cSourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"B\n\x12ListModelsResponse\x12,\n\x06models\x18\x01 \x03(\x0b\x32\x1c.paraformer.asr.v1.ModelInfo\"\x88\x01\n\x12ReloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tasr_model\x18\x02 \x01(\t\x12\x11\n\tvad_model\x18\x03 \x01(\t\x12\x12\n\npunc_model\x18\x04 \x01(\t\x12\x14\n\x0conline_model\x18\x05 \x01(\t\x12\x14\n\x0cmake_default\x18\x06 \x01(\x08\"(\n\x07Hotword\x12\x0e\n\x06phrase\x18\x01 \x01(\t\x12\r\n\x05\x62oost\x18\x02 \x01(\x02\"\xc5\x03\n\x11RecognitionConfig\x12\x32\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32 .paraformer.asr.v1.AudioEncoding\x12\x19\n\x11sample_rate_hertz\x18\x02 \x01(\x05\x12\x1b\n\x13\x61udio_channel_count\x18\x03 \x01(\x05\x12)\n\x1c\x65nable_automatic_punctuation\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12 \n\x18\x65nable_word_time_offsets\x18\x05 \x01(\x08\x12,\n\x08hotwords\x18\x06 \x03(\x0b\x32\x1a.paraformer.asr.v1.Hotword\x12O\n\x0e\x65ngine_options\x18\x07 \x03(\x0b\x32\x37.paraformer.asr.v1.RecognitionConfig.EngineOptionsEntry\x12\r\n\x05model\x18\x08 \x01(\t\x12\x12\n\nskip_cache\x18\t \x01(\x08\x1a\x34\n\x12\x45ngineOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x1f\n\x1d_enable_automatic_punctuation\"5\n\x10RecognitionAudio\x12\x11\n\x07\x63ontent\x18\x01 \x01(\x0cH\x00\x42\x0e\n\x0c\x61udio_source\"|\n\x10RecognizeRequest\x12\x34\n\x06\x63onfig\x18\x01 \x01(\x0b\x32$.paraformer.asr.v1.RecognitionConfig\x12\x32\n\x05\x61udio\x18\x02 \x01(\x0b\x32#.paraformer.asr.v1.RecognitionAudio\"D\n\x08WordInfo\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\x15\n\rstart_time_ms\x18\x02 \x01(\x03\x12\x13\n\x0b\x65nd_time_ms\x18\x03 \x01(\x03\"r\n\x1cSpeechRecognitionAlternative\x12\x12\n\ntranscript\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12*\n\x05words\x18\x03 \x03(\x0b\x32\x1b.paraformer.asr.v1.WordInfo\"\x8c\x01\n\x17SpeechRecognitionResult\x12\x45\n\x0c\x61lternatives\x18\x01 \x03(\x0b\x32/.paraformer.asr.v1.SpeechRecognitionAlternative\x12\x15\n\rstart_time_ms\x18\x02 \x01(\x03\x12\x13\n\x0b\x65nd_time_ms\x18\x03 \x01(\x03\"\xbe\x01\n\x11RecognizeResponse\x12;\n\x07results\x18\x01 \x03(\x0b\x32*.paraformer.asr.v1.SpeechRecognitionResult\x12\x12\n\ntranscript\x18\x02 \x01(\t\x12\x19\n\x11\x61udio_duration_ms\x18\x03 \x01(\x03\x12\x1a\n\x12processing_time_ms\x18\x04 \x01(\x03\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\"N\n\x11\x45ndpointingConfig\x12\x1f\n\x17max_trailing_silence_ms\x18\x01 \x01(\x05\x12\x18\n\x10max_utterance_ms\x18\x02 \x01(\x05\"\x8b\x02\n\x1aStreamingRecognitionConfig\x12\x34\n\x06\x63onfig\x18\x01 \x01(\x0b\x32$.paraformer.asr.v1.RecognitionConfig\x12\x17\n\x0finterim_results\x18\x02 \x01(\x08\x12\x18\n\x10single_utterance\x18\x03 \x01(\x08\x12.\n\x04mode\x18\x04 \x01(\x0e\x32 .paraformer.asr.v1.StreamingMode\x12\x19\n\x11\x63hunk_duration_ms\x18\x05 \x01(\x05\x12\x39\n\x0b\x65ndpointing\x18\x06 \x01(\x0b\x32$.paraformer.asr.v1.EndpointingConfig\"\x94\x01\n\x19StreamingRecognizeRequest\x12I\n\x10streaming_config\x18\x01 \x01(\x0b\x32-.paraformer.asr.v1.StreamingRecognitionConfigH\x00\x12\x17\n\raudio_content\x18\x02 \x01(\x0cH\x00\x42\x13\n\x11streaming_request\"\xcd\x01\n\x1aStreamingRecognitionResult\x12\x45\n\x0c\x61lternatives\x18\x01 \x03(\x0b\x32/.paraformer.asr.v1.SpeechRecognitionAlternative\x12\x10\n\x08is_final\x18\x02 \x01(\x08\x12\x11\n\tstability\x18\x03 \x01(\x02\x12\x15\n\rstart_time_ms\x18\x04 \x01(\x03\x12\x13\n\x0b\x65nd_time_ms\x18\x05 \x01(\x03\x12\x17\n\x0futterance_index\x18\x06 \x01(\x05\"\xcd\x01\n\x1aStreamingRecognizeResponse\x12>\n\x07results\x18\x01 \x03(\x0b\x32-.paraformer.asr.v1.StreamingRecognitionResult\x12=\n\x11speech_event_type\x18\x02 \x01(\x0e\x32\".paraformer.asr.v1.SpeechEventType\x12\x1c\n\x14speech_event_time_ms\x18\x03 \x01(\x03\x12\x12\n\nrequest_id\x18\x04 \x01(\t*h\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41UDIO_ENCODING_LINEAR16\x10\x01\x12\x1a\n\x16\x41UDIO_ENCODING_FLOAT32\x10\x02*\x83\x01\n\rStreamingMode\x12\x1e\n\x1aSTREAMING_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15STREAMING_MODE_ONLINE\x10\x01\x12\x1a\n\x16STREAMING_MODE_OFFLINE\x10\x02\x12\x1b\n\x17STREAMING_MODE_TWO_PASS\x10\x03*\xa9\x01\n\x0fSpeechEventType\x12!\n\x1dSPEECH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\"\n\x1eSPEECH_EVENT_TYPE_SPEECH_BEGIN\x10\x01\x12 \n\x1cSPEECH_EVENT_TYPE_SPEECH_END\x10\x02\x12-\n)SPEECH_EVENT_TYPE_END_OF_SINGLE_UTTERANCE\x10\x03\x32\xb6\x02\n\nRecognizer\x12V\n\tRecognize\x12#.paraformer.asr.v1.RecognizeRequest\x1a$.paraformer.asr.v1.RecognizeResponse\x12u\n\x12StreamingRecognize\x12,.paraformer.asr.v1.StreamingRecognizeRequest\x1a-.paraformer.asr.v1.StreamingRecognizeResponse(\x01\x30\x01\x12Y\n\nListModels\x12$.paraformer.asr.v1.ListModelsRequest\x1a%.paraformer.asr.v1.ListModelsResponse2[\n\x05\x41\x64min\x12R\n\x0bReloadModel\x12%.paraformer.asr.v1.ReloadModelRequest\x1a\x1c.paraformer.asr.v1.ModelInfoBn\n\x17io.paraformerasr.asr.v1B\x08\x41srProtoP\x01ZGgithub.com/paraformer-asr/paraformer-asr/gen/go/paraformer/asr/v1;asrv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,42 +32,56 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paraformer.asr.v1.asr_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\027io.paraformerasr.asr.v1B\010AsrProtoP\001ZGgithub.com/paraformer-asr/paraformer-asr/gen/go/paraformer/asr/v1;asrv1'
+  _globals['_MODELINFO_SOURCESENTRY']._loaded_options = None
+  _globals['_MODELINFO_SOURCESENTRY']._serialized_options = b'8\001'
   _globals['_RECOGNITIONCONFIG_ENGINEOPTIONSENTRY']._loaded_options = None
   _globals['_RECOGNITIONCONFIG_ENGINEOPTIONSENTRY']._serialized_options = b'8\001'
-  _globals['_AUDIOENCODING']._serialized_start=2168
-  _globals['_AUDIOENCODING']._serialized_end=2272
-  _globals['_STREAMINGMODE']._serialized_start=2275
-  _globals['_STREAMINGMODE']._serialized_end=2406
-  _globals['_SPEECHEVENTTYPE']._serialized_start=2409
-  _globals['_SPEECHEVENTTYPE']._serialized_end=2578
-  _globals['_HOTWORD']._serialized_start=50
-  _globals['_HOTWORD']._serialized_end=90
-  _globals['_RECOGNITIONCONFIG']._serialized_start=93
-  _globals['_RECOGNITIONCONFIG']._serialized_end=546
-  _globals['_RECOGNITIONCONFIG_ENGINEOPTIONSENTRY']._serialized_start=461
-  _globals['_RECOGNITIONCONFIG_ENGINEOPTIONSENTRY']._serialized_end=513
-  _globals['_RECOGNITIONAUDIO']._serialized_start=548
-  _globals['_RECOGNITIONAUDIO']._serialized_end=601
-  _globals['_RECOGNIZEREQUEST']._serialized_start=603
-  _globals['_RECOGNIZEREQUEST']._serialized_end=727
-  _globals['_WORDINFO']._serialized_start=729
-  _globals['_WORDINFO']._serialized_end=797
-  _globals['_SPEECHRECOGNITIONALTERNATIVE']._serialized_start=799
-  _globals['_SPEECHRECOGNITIONALTERNATIVE']._serialized_end=913
-  _globals['_SPEECHRECOGNITIONRESULT']._serialized_start=916
-  _globals['_SPEECHRECOGNITIONRESULT']._serialized_end=1056
-  _globals['_RECOGNIZERESPONSE']._serialized_start=1059
-  _globals['_RECOGNIZERESPONSE']._serialized_end=1249
-  _globals['_ENDPOINTINGCONFIG']._serialized_start=1251
-  _globals['_ENDPOINTINGCONFIG']._serialized_end=1329
-  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_start=1332
-  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_end=1599
-  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_start=1602
-  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_end=1750
-  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_start=1753
-  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_end=1958
-  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_start=1961
-  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_end=2166
-  _globals['_RECOGNIZER']._serialized_start=2581
-  _globals['_RECOGNIZER']._serialized_end=2800
+  _globals['_AUDIOENCODING']._serialized_start=2670
+  _globals['_AUDIOENCODING']._serialized_end=2774
+  _globals['_STREAMINGMODE']._serialized_start=2777
+  _globals['_STREAMINGMODE']._serialized_end=2908
+  _globals['_SPEECHEVENTTYPE']._serialized_start=2911
+  _globals['_SPEECHEVENTTYPE']._serialized_end=3080
+  _globals['_LISTMODELSREQUEST']._serialized_start=50
+  _globals['_LISTMODELSREQUEST']._serialized_end=69
+  _globals['_MODELINFO']._serialized_start=72
+  _globals['_MODELINFO']._serialized_end=343
+  _globals['_MODELINFO_SOURCESENTRY']._serialized_start=297
+  _globals['_MODELINFO_SOURCESENTRY']._serialized_end=343
+  _globals['_LISTMODELSRESPONSE']._serialized_start=345
+  _globals['_LISTMODELSRESPONSE']._serialized_end=411
+  _globals['_RELOADMODELREQUEST']._serialized_start=414
+  _globals['_RELOADMODELREQUEST']._serialized_end=550
+  _globals['_HOTWORD']._serialized_start=552
+  _globals['_HOTWORD']._serialized_end=592
+  _globals['_RECOGNITIONCONFIG']._serialized_start=595
+  _globals['_RECOGNITIONCONFIG']._serialized_end=1048
+  _globals['_RECOGNITIONCONFIG_ENGINEOPTIONSENTRY']._serialized_start=963
+  _globals['_RECOGNITIONCONFIG_ENGINEOPTIONSENTRY']._serialized_end=1015
+  _globals['_RECOGNITIONAUDIO']._serialized_start=1050
+  _globals['_RECOGNITIONAUDIO']._serialized_end=1103
+  _globals['_RECOGNIZEREQUEST']._serialized_start=1105
+  _globals['_RECOGNIZEREQUEST']._serialized_end=1229
+  _globals['_WORDINFO']._serialized_start=1231
+  _globals['_WORDINFO']._serialized_end=1299
+  _globals['_SPEECHRECOGNITIONALTERNATIVE']._serialized_start=1301
+  _globals['_SPEECHRECOGNITIONALTERNATIVE']._serialized_end=1415
+  _globals['_SPEECHRECOGNITIONRESULT']._serialized_start=1418
+  _globals['_SPEECHRECOGNITIONRESULT']._serialized_end=1558
+  _globals['_RECOGNIZERESPONSE']._serialized_start=1561
+  _globals['_RECOGNIZERESPONSE']._serialized_end=1751
+  _globals['_ENDPOINTINGCONFIG']._serialized_start=1753
+  _globals['_ENDPOINTINGCONFIG']._serialized_end=1831
+  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_start=1834
+  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_end=2101
+  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_start=2104
+  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_end=2252
+  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_start=2255
+  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_end=2460
+  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_start=2463
+  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_end=2668
+  _globals['_RECOGNIZER']._serialized_start=3083
+  _globals['_RECOGNIZER']._serialized_end=3393
+  _globals['_ADMIN']._serialized_start=3395
+  _globals['_ADMIN']._serialized_end=3486
 # @@protoc_insertion_point(module_scope)

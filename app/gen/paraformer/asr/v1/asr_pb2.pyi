@@ -38,6 +38,61 @@ SPEECH_EVENT_TYPE_SPEECH_BEGIN: SpeechEventType
 SPEECH_EVENT_TYPE_SPEECH_END: SpeechEventType
 SPEECH_EVENT_TYPE_END_OF_SINGLE_UTTERANCE: SpeechEventType
 
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "is_default", "ready", "device", "sources", "version", "streaming", "random_weights", "loaded_at_unix_ms")
+    class SourcesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STREAMING_FIELD_NUMBER: _ClassVar[int]
+    RANDOM_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    LOADED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    is_default: bool
+    ready: bool
+    device: str
+    sources: _containers.ScalarMap[str, str]
+    version: str
+    streaming: bool
+    random_weights: bool
+    loaded_at_unix_ms: int
+    def __init__(self, name: _Optional[str] = ..., is_default: _Optional[bool] = ..., ready: _Optional[bool] = ..., device: _Optional[str] = ..., sources: _Optional[_Mapping[str, str]] = ..., version: _Optional[str] = ..., streaming: _Optional[bool] = ..., random_weights: _Optional[bool] = ..., loaded_at_unix_ms: _Optional[int] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class ReloadModelRequest(_message.Message):
+    __slots__ = ("name", "asr_model", "vad_model", "punc_model", "online_model", "make_default")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ASR_MODEL_FIELD_NUMBER: _ClassVar[int]
+    VAD_MODEL_FIELD_NUMBER: _ClassVar[int]
+    PUNC_MODEL_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    MAKE_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    asr_model: str
+    vad_model: str
+    punc_model: str
+    online_model: str
+    make_default: bool
+    def __init__(self, name: _Optional[str] = ..., asr_model: _Optional[str] = ..., vad_model: _Optional[str] = ..., punc_model: _Optional[str] = ..., online_model: _Optional[str] = ..., make_default: _Optional[bool] = ...) -> None: ...
+
 class Hotword(_message.Message):
     __slots__ = ("phrase", "boost")
     PHRASE_FIELD_NUMBER: _ClassVar[int]

@@ -46,6 +46,11 @@ class RecognizerStub:
                 request_serializer=paraformer_dot_asr_dot_v1_dot_asr__pb2.StreamingRecognizeRequest.SerializeToString,
                 response_deserializer=paraformer_dot_asr_dot_v1_dot_asr__pb2.StreamingRecognizeResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/paraformer.asr.v1.Recognizer/ListModels',
+                request_serializer=paraformer_dot_asr_dot_v1_dot_asr__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=paraformer_dot_asr_dot_v1_dot_asr__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class RecognizerServicer:
@@ -77,6 +82,14 @@ class RecognizerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """Lists the model pipelines this server holds, which one is the default, and whether each is
+        ready. RecognitionConfig.model names one of them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecognizerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +102,11 @@ def add_RecognizerServicer_to_server(servicer, server):
                     servicer.StreamingRecognize,
                     request_deserializer=paraformer_dot_asr_dot_v1_dot_asr__pb2.StreamingRecognizeRequest.FromString,
                     response_serializer=paraformer_dot_asr_dot_v1_dot_asr__pb2.StreamingRecognizeResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=paraformer_dot_asr_dot_v1_dot_asr__pb2.ListModelsRequest.FromString,
+                    response_serializer=paraformer_dot_asr_dot_v1_dot_asr__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -147,6 +165,115 @@ class Recognizer:
             '/paraformer.asr.v1.Recognizer/StreamingRecognize',
             paraformer_dot_asr_dot_v1_dot_asr__pb2.StreamingRecognizeRequest.SerializeToString,
             paraformer_dot_asr_dot_v1_dot_asr__pb2.StreamingRecognizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paraformer.asr.v1.Recognizer/ListModels',
+            paraformer_dot_asr_dot_v1_dot_asr__pb2.ListModelsRequest.SerializeToString,
+            paraformer_dot_asr_dot_v1_dot_asr__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AdminStub:
+    """Operations on a running server. Disabled (PERMISSION_DENIED) unless the server has admin tokens;
+    calls need "authorization: Bearer <admin token>".
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ReloadModel = channel.unary_unary(
+                '/paraformer.asr.v1.Admin/ReloadModel',
+                request_serializer=paraformer_dot_asr_dot_v1_dot_asr__pb2.ReloadModelRequest.SerializeToString,
+                response_deserializer=paraformer_dot_asr_dot_v1_dot_asr__pb2.ModelInfo.FromString,
+                _registered_method=True)
+
+
+class AdminServicer:
+    """Operations on a running server. Disabled (PERMISSION_DENIED) unless the server has admin tokens;
+    calls need "authorization: Bearer <admin token>".
+    """
+
+    def ReloadModel(self, request, context):
+        """Loads a model pipeline (a new one, or a new version of an existing name) next to the serving
+        ones, warms it up, switches traffic to it atomically, lets requests on the old version finish
+        and frees it. A failed load leaves the old version serving and fails with FAILED_PRECONDITION
+        saying why.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ReloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadModel,
+                    request_deserializer=paraformer_dot_asr_dot_v1_dot_asr__pb2.ReloadModelRequest.FromString,
+                    response_serializer=paraformer_dot_asr_dot_v1_dot_asr__pb2.ModelInfo.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'paraformer.asr.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('paraformer.asr.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin:
+    """Operations on a running server. Disabled (PERMISSION_DENIED) unless the server has admin tokens;
+    calls need "authorization: Bearer <admin token>".
+    """
+
+    @staticmethod
+    def ReloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paraformer.asr.v1.Admin/ReloadModel',
+            paraformer_dot_asr_dot_v1_dot_asr__pb2.ReloadModelRequest.SerializeToString,
+            paraformer_dot_asr_dot_v1_dot_asr__pb2.ModelInfo.FromString,
             options,
             channel_credentials,
             insecure,
