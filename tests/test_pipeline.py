@@ -105,10 +105,12 @@ def test_a_poisoned_segment_fails_alone(engine, tiny_models):
             raise RuntimeError("injected engine failure")
 
     async def body(p):
+        # Spans given: no VAD pass, so all six segments reach the scheduler at once and share a batch.
         clips = [speechlike(1.0, seed=i) for i in range(5)]
-        tasks = [p.recognize_samples(c, RecognitionOptions(punctuation=False)) for c in clips[:2]]
-        tasks.append(p.recognize_samples(poison, RecognitionOptions(punctuation=False)))
-        tasks += [p.recognize_samples(c, RecognitionOptions(punctuation=False)) for c in clips[2:]]
+        opts, whole = RecognitionOptions(punctuation=False), [(0, 1000)]
+        tasks = [p.recognize_samples(c, opts, spans=whole) for c in clips[:2]]
+        tasks.append(p.recognize_samples(poison, opts, spans=whole))
+        tasks += [p.recognize_samples(c, opts, spans=whole) for c in clips[2:]]
         return await asyncio.gather(*tasks, return_exceptions=True), p.scheduler.stats
 
     engine.fault_hook = hook
