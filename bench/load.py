@@ -387,18 +387,30 @@ async def overload(args, server: Server, audio: AudioSet, sustainable_rps: float
             due = np.arange(len(sent)) / (len(calls) / (span[1] - span[0])) + span[0]
             phase["send_lag_ms_p99"] = round(float(np.percentile((np.asarray(sent) - due) * 1000, 99)), 2)
         result[name] = phase
-    # Recovery: from the end of the overload, the first 0.5 s bin after which every request is
-    # answered OK within 1.5x the p99 of the "before" phase (and at least 20 ms).
-    base_p99 = result["before"]["accepted_latency"]["p99_ms"] or 0.0
-    limit_ms = max(1.5 * base_p99, 20.0)
+    # Recovery, in 0.5 s bins of send time after the overload: the first bin from which on every
+    # bin has no error and a median latency within 1.5x the "before" median (at least +20 ms).
+    # Medians per bin, so that one request stalled by another process on a shared machine does
+    # not read as "not recovered"; the stragglers are counted apart.
+    base_p50 = result["before"]["accepted_latency"]["p50_ms"] or 0.0
+    limit_ms = max(1.5 * base_p50, base_p50 + 20.0)
     calls_after = sorted(out["after"], key=lambda c: c.sent_s)
-    bad = [c for c in calls_after if c.code != "OK" or c.latency_s * 1000 > limit_ms]
-    recovered_at = (max(c.sent_s for c in bad) - over_end) if bad else 0.0
+    bins: dict[int, list] = {}
+    for c in calls_after:
+        bins.setdefault(int((c.sent_s - over_end) / 0.5), []).append(c)
+    good = {k: all(c.code == "OK" for c in v) and float(np.median([c.latency_s for c in v])) * 1000 <= limit_ms for k, v in bins.items()}
+    first_ok = next((k for k in sorted(bins) if all(good[j] for j in bins if j >= k)), None)
+    recovered_at = None if first_ok is None else 0.5 * first_ok
+    steady = [c for c in calls_after if recovered_at is not None and c.sent_s - over_end >= recovered_at]
     result["recovery"] = {
-        "latency_limit_ms": round(limit_ms, 2),
-        "recovered_after_s": round(recovered_at, 3),
-        "bad_requests_after_overload": len(bad),
-        "after_steady_latency": percentiles_ms([c.latency_s for c in calls_after if c.sent_s - over_end > recovered_at]),
+        "median_limit_ms": round(limit_ms, 2),
+        "recovered_after_s": recovered_at,
+        "errors_after_overload": sum(c.code != "OK" for c in calls_after),
+        "stragglers_after_recovery": sum(c.latency_s * 1000 > 2 * limit_ms for c in steady),
+        "after_steady_latency": percentiles_ms([c.latency_s for c in steady if c.code == "OK"]),
+        "bins": [
+            {"from_s": 0.5 * k, "sent": len(v), "errors": sum(c.code != "OK" for c in v), "p50_ms": round(float(np.median([c.latency_s for c in v])) * 1000, 1)}
+            for k, v in sorted(bins.items())
+        ],
     }
     result["timeline"] = calls_as_rows([c for calls in out.values() for c in calls])
     result["wall_s"] = round(wall, 2)
@@ -428,8 +440,10 @@ def print_overload(o: dict, queue_items: int, sweep_ref: dict | None) -> None:
     r = o["recovery"]
     steady = r["after_steady_latency"]
     log(
-        f"  recovered {r['recovered_after_s']:.2f} s after the overload ended (every later request OK within {r['latency_limit_ms']} ms); "
-        f"after that p50 {steady['p50_ms']} ms p99 {steady['p99_ms']} ms"
+        f"  recovered {fmt(r['recovered_after_s'], 2)} s after the overload ended "
+        f"(from then on each 0.5 s bin error-free, median <= {r['median_limit_ms']} ms); "
+        f"after that p50 {steady['p50_ms']} ms p99 {steady['p99_ms']} ms, {r['stragglers_after_recovery']} stragglers over 2x; "
+        f"{r['errors_after_overload']} errors after the overload"
     )
 
 
@@ -481,7 +495,8 @@ def goals(args, result: dict) -> dict:
         rec = ov["recovery"]
         out["overload_recovery"] = {
             "goal": "recovers as soon as the load drops (within the time to drain the queue, + 1 s)",
-            "measured": f"{rec['recovered_after_s']:.2f} s", "met": rec["recovered_after_s"] <= ov["drain_s"] + 1.0,
+            "measured": f"{fmt(rec['recovered_after_s'], 2)} s (queue drains in {ov['drain_s']:.2f} s)",
+            "met": rec["recovered_after_s"] is not None and rec["recovered_after_s"] <= ov["drain_s"] + 1.0,
         }  # fmt: skip
     return out
 
