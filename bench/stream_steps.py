@@ -1,0 +1,219 @@
+"""Where a stream's server time goes: each model call a streaming session makes, timed in-process.
+
+    .venv/bin/python -m bench.stream_steps --models tiny
+    .venv/bin/python -m bench.stream_steps --models large
+
+Loads the same FunasrEngine as the server and times, on this thread, the calls that
+app/core/streaming.py makes per stream: a VAD step (200 ms of audio, every 200 ms), an online
+Paraformer step (600 ms, every 600 ms), the offline re-decode of an utterance (2.5 s) and its
+punctuation. From those it derives the work per second of real-time audio per stream, and the
+number of streams each single-threaded model worker can serve (every model runs on one worker
+thread, one call at a time, and calls of different streams are not batched).
+
+Two configurations in the same run: torch intra-op threads = 1 and = all cores (the server's
+default), interleaved. Writes bench/results/stream_steps_<label>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime as dt
+import io
+import json
+import logging
+import os
+import pstats
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import REPO, command_line, machine_info, percentiles_ms, table
+from bench.stream_load import DEFAULT_CACHE, ensure_stream_models
+from bench.workload import SAMPLE_RATE_HZ, speechlike
+
+PER_S = {"vad_step": 1000 / 200, "online_step": 1000 / 600}  # calls per second of audio per stream
+UTTERANCE_S, PAUSE_S = 2.5, 1.5  # the load generator's speech/silence pattern
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="tiny")
+    p.add_argument("--model-cache", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--reps", type=int, default=0, help="calls per kind and configuration (default: 200 tiny, 20 large)")
+    p.add_argument("--label")
+    p.add_argument("--profile", action="store_true", help="also print the top of a cProfile of the VAD and online steps")
+    args = p.parse_args(argv)
+    args.label = args.label or args.models
+    args.reps = args.reps or (20 if args.models == "large" else 200)
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    import torch
+
+    from app.config import Settings
+    from app.engine.funasr_engine import DEFAULT_CHUNK_SIZE, FunasrEngine, StreamCaches
+
+    root = ensure_stream_models(args.models, args.model_cache)
+    settings = Settings(
+        asr_model=str(root / "asr"),
+        vad_model=str(root / "vad"),
+        punc_model=str(root / "punc"),
+        online_model=str(root / "online"),
+        allow_random_weights=True,
+        device="cpu",
+        torch_threads=0,
+        metrics_port=0,
+        port=0,
+        model_name="bench",
+    ).validate()
+    engine = FunasrEngine.load(settings)
+    logging.getLogger().setLevel(logging.WARNING)
+    cores = len(os.sched_getaffinity(0))
+    speech = speechlike(60.0, seed=3)
+    step_vad, step_online = 200 * 16, 600 * 16
+    utterance = speech[: int(UTTERANCE_S * SAMPLE_RATE_HZ)]
+
+    def vad_calls(n: int) -> list[float]:
+        caches, out, pos = StreamCaches(), [], 0
+        for _ in range(n):
+            chunk = speech[pos : pos + step_vad]
+            pos = (pos + step_vad) % (len(speech) - step_vad)
+            t = time.perf_counter()
+            engine._vad_stream_step(caches, chunk, False, 800)
+            out.append(time.perf_counter() - t)
+        return out
+
+    def online_calls(n: int) -> list[float]:
+        caches, out, pos = StreamCaches(), [], 0
+        for i in range(n):
+            if i and i % 8 == 0:  # a new utterance every 8 steps (4.8 s), as the session does
+                engine._online_step(caches, np.zeros(0, np.float32), True, DEFAULT_CHUNK_SIZE)
+            chunk = speech[pos : pos + step_online]
+            pos = (pos + step_online) % (len(speech) - step_online)
+            t = time.perf_counter()
+            engine._online_step(caches, chunk, False, DEFAULT_CHUNK_SIZE)
+            out.append(time.perf_counter() - t)
+        return out
+
+    def offline_calls(n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            engine._transcribe([utterance], ())
+            out.append(time.perf_counter() - t)
+        return out
+
+    tokens = engine._transcribe([utterance], ())[0].tokens or ("你", "好")
+
+    def punc_calls(n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            engine._punctuate(list(tokens))
+            out.append(time.perf_counter() - t)
+        return out
+
+    kinds = {"vad_step": vad_calls, "online_step": online_calls, "offline_utterance": offline_calls, "punctuation": punc_calls}
+    configs = {"threads_1": 1, f"threads_{cores}": cores}
+    samples: dict[str, dict[str, list[float]]] = {c: {k: [] for k in kinds} for c in configs}
+    block = max(5, args.reps // 10)
+    for fn in kinds.values():
+        fn(3)  # warm-up
+    print(f"timing {args.reps} calls per kind and configuration, in blocks of {block}, interleaved", flush=True)
+    for r in range(0, args.reps, block):
+        order = list(configs) if (r // block) % 2 == 0 else list(configs)[::-1]
+        for cname in order:
+            torch.set_num_threads(configs[cname])
+            for kind, fn in kinds.items():
+                samples[cname][kind] += fn(block)
+    torch.set_num_threads(cores)
+
+    result: dict = {
+        "benchmark": "bench/stream_steps.py",
+        "command": command_line(),
+        "started_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "utterance_s": UTTERANCE_S,
+        "configs": {},
+    }
+    for cname in configs:
+        stats = {k: percentiles_ms(v) for k, v in samples[cname].items()}
+        med = {k: s["p50_ms"] for k, s in stats.items()}
+        # Work per second of real-time audio per stream, per worker thread (utterance every 4 s).
+        finals_per_s = 1 / (UTTERANCE_S + PAUSE_S)
+        speech_fraction = UTTERANCE_S / (UTTERANCE_S + PAUSE_S)
+        per_audio_s = {
+            "vad": med["vad_step"] * PER_S["vad_step"],
+            # online steps only while an utterance is open (plus the session's flush, ignored here)
+            "online": med["online_step"] * PER_S["online_step"] * speech_fraction,
+            "asr": med["offline_utterance"] * finals_per_s,
+            "punc": med["punctuation"] * finals_per_s,
+        }
+        total = sum(per_audio_s.values())
+        result["configs"][cname] = {
+            "calls_ms": stats,
+            "worker_ms_per_stream_audio_s": {k: round(v, 2) for k, v in per_audio_s.items()},
+            "total_ms_per_stream_audio_s": round(total, 2),
+            "streams_per_worker_limit": {k: round(1000 / v, 1) for k, v in per_audio_s.items() if v},
+            "streams_limit_if_all_cores_busy": round(cores * 1000 / total, 1),
+        }
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        vad_calls(100)
+        online_calls(30)
+        prof.disable()
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(35)
+        result["profile_top"] = buf.getvalue()
+        print(buf.getvalue())
+    engine.close()
+
+    rows = []
+    for cname, c in result["configs"].items():
+        for kind, s in c["calls_ms"].items():
+            rows.append([cname, kind, s["p50_ms"], s["p95_ms"], s["mean_ms"]])
+    print(table(["torch threads", "call", "p50 ms", "p95 ms", "mean ms"], rows))
+    rows = []
+    for cname, c in result["configs"].items():
+        w, lim = c["worker_ms_per_stream_audio_s"], c["streams_per_worker_limit"]
+        rows.append(
+            [
+                cname,
+                w["vad"],
+                w["online"],
+                w["asr"],
+                w["punc"],
+                c["total_ms_per_stream_audio_s"],
+                lim.get("vad"),
+                lim.get("online"),
+                c["streams_limit_if_all_cores_busy"],
+            ]
+        )
+    print(
+        table(
+            [
+                "torch threads",
+                "vad ms/s",
+                "online ms/s",
+                "asr ms/s",
+                "punc ms/s",
+                "total ms/s",
+                "streams: vad worker",
+                "streams: online worker",
+                f"streams: {cores} cores",
+            ],
+            rows,
+        )
+    )
+    out = REPO / "bench" / "results" / f"stream_steps_{args.label}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()
