@@ -216,3 +216,13 @@ def test_concurrent_clients_are_batched(make_server):
     assert all(results)
     assert srv.pipeline.scheduler.stats.largest_batch > 1
     assert [recognize(srv.target, c).transcript for c in clips] == results
+
+
+def test_a_second_server_on_the_same_port_fails_to_start(server, tiny_models):
+    import asyncio
+
+    from app.transport.server import start_server
+    from tests.helpers import settings_for
+
+    with pytest.raises(OSError, match="cannot listen"):
+        asyncio.run(start_server(settings_for(tiny_models, port=server.running.port)))

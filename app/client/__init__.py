@@ -21,7 +21,7 @@ from app.client.channel import TlsConfig
 from app.client.errors import AsrError
 from app.client.retry import NO_RETRY, RetryEvent, RetryPolicy
 from app.client.sync import Client
-from app.client.types import Sentence, SpeechEvent, SpeechEventType, StreamingMode, StreamItem, StreamResult, Transcript, Word
+from app.client.types import ModelInfo, Sentence, SpeechEvent, SpeechEventType, StreamingMode, StreamItem, StreamResult, Transcript, Word
 
 __all__ = [
     "NO_RETRY",
@@ -29,6 +29,7 @@ __all__ = [
     "AsyncClient",
     "AudioEncoding",
     "Client",
+    "ModelInfo",
     "RetryEvent",
     "RetryPolicy",
     "Sentence",

@@ -26,6 +26,7 @@ class Recognition:
     hotwords: Hotwords = ()
     model: str = ""
     engine_options: Mapping[str, str] = field(default_factory=dict)
+    skip_cache: bool = False
 
     def config(self, encoding: AudioEncoding, sample_rate_hz: int = 0, channels: int = 0) -> asr_pb2.RecognitionConfig:
         hotwords = [asr_pb2.Hotword(phrase=h, boost=0) if isinstance(h, str) else asr_pb2.Hotword(phrase=h[0], boost=h[1]) for h in self.hotwords]
@@ -37,6 +38,7 @@ class Recognition:
             hotwords=hotwords,
             engine_options={str(k): str(v) for k, v in self.engine_options.items()},
             model=self.model,
+            skip_cache=self.skip_cache,
         )
         if self.punctuation is not None:
             config.enable_automatic_punctuation = self.punctuation

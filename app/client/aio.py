@@ -17,8 +17,8 @@ from app.client.channel import DEFAULT_TARGET, TlsConfig, TokenSource, call_meta
 from app.client.errors import AsrError, trailing_metadata
 from app.client.retry import NO_RETRY, Attempts, RetryEvent, RetryPolicy
 from app.client.sync import HEALTH_STATUS
-from app.client.types import StreamingMode, StreamItem, Transcript, stream_items, transcript_from_proto
-from app.gen.paraformer.asr.v1 import asr_pb2_grpc
+from app.client.types import ModelInfo, StreamingMode, StreamItem, Transcript, model_from_proto, stream_items, transcript_from_proto
+from app.gen.paraformer.asr.v1 import asr_pb2, asr_pb2_grpc
 
 
 class AsyncClient:
@@ -95,6 +95,7 @@ class AsyncClient:
         hotwords: Hotwords = (),
         model: str = "",
         engine_options: Mapping[str, str] | None = None,
+        skip_cache: bool = False,
         timeout: float | None = None,
         request_id: str | None = None,
         metadata: Sequence[tuple[str, str]] = (),
@@ -102,7 +103,7 @@ class AsyncClient:
     ) -> Transcript:
         """See ``Client.transcribe``."""
         content, enc, rate, chans = await asyncio.to_thread(recognize_audio, audio, sample_rate_hz, encoding, channels)
-        recognition = Recognition(punctuation, word_times, tuple(hotwords), model, dict(engine_options or {}))
+        recognition = Recognition(punctuation, word_times, tuple(hotwords), model, dict(engine_options or {}), skip_cache)
         request = recognize_request(content, enc, rate, chans, recognition)
         response = await self._unary(
             self._stub.Recognize, request, self.timeout if timeout is None else timeout, self._metadata_for(request_id, metadata), retry
@@ -171,6 +172,11 @@ class AsyncClient:
                     call.cancel()
         finally:
             await feed.close()
+
+    async def models(self, timeout: float | None = 10.0) -> list[ModelInfo]:
+        """The model pipelines the server holds (ListModels), the default first."""
+        reply = await self._unary(self._stub.ListModels, asr_pb2.ListModelsRequest(), timeout, self._metadata_for(None, ()), None)
+        return [model_from_proto(m) for m in reply.models]
 
     async def health(self, service: str = "", timeout: float | None = 5.0, retry: RetryPolicy | None = None) -> str:
         """See ``Client.health``."""

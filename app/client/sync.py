@@ -15,8 +15,8 @@ from app.client.audio import AudioEncoding, paced, recognize_audio, stream_sourc
 from app.client.channel import DEFAULT_TARGET, TlsConfig, TokenSource, call_metadata, channel_options, resolve_tls
 from app.client.errors import AsrError, trailing_metadata
 from app.client.retry import NO_RETRY, Attempts, RetryEvent, RetryPolicy
-from app.client.types import StreamingMode, StreamItem, Transcript, stream_items, transcript_from_proto
-from app.gen.paraformer.asr.v1 import asr_pb2_grpc
+from app.client.types import ModelInfo, StreamingMode, StreamItem, Transcript, model_from_proto, stream_items, transcript_from_proto
+from app.gen.paraformer.asr.v1 import asr_pb2, asr_pb2_grpc
 
 HEALTH_STATUS = {v: k for k, v in health_pb2.HealthCheckResponse.ServingStatus.items()}
 
@@ -104,6 +104,7 @@ class Client:
         hotwords: Hotwords = (),
         model: str = "",
         engine_options: Mapping[str, str] | None = None,
+        skip_cache: bool = False,
         timeout: float | None = None,
         request_id: str | None = None,
         metadata: Sequence[tuple[str, str]] = (),
@@ -116,7 +117,7 @@ class Client:
         Raises ``AsrError`` on failure, after the retries the policy allows.
         """
         content, enc, rate, chans = recognize_audio(audio, sample_rate_hz, encoding, channels)
-        recognition = Recognition(punctuation, word_times, tuple(hotwords), model, dict(engine_options or {}))
+        recognition = Recognition(punctuation, word_times, tuple(hotwords), model, dict(engine_options or {}), skip_cache)
         request = recognize_request(content, enc, rate, chans, recognition)
         response = self._unary(self._stub.Recognize, request, self.timeout if timeout is None else timeout, self._metadata_for(request_id, metadata), retry)
         return transcript_from_proto(response)
@@ -189,6 +190,11 @@ class Client:
                 time.sleep(pause)
             finally:
                 call.cancel()
+
+    def models(self, timeout: float | None = 10.0) -> list[ModelInfo]:
+        """The model pipelines the server holds (ListModels), the default first."""
+        reply = self._unary(self._stub.ListModels, asr_pb2.ListModelsRequest(), timeout, self._metadata_for(None, ()), None)
+        return [model_from_proto(m) for m in reply.models]
 
     def health(self, service: str = "", timeout: float | None = 5.0, retry: RetryPolicy | None = None) -> str:
         """The server's gRPC health status: ``"SERVING"``, ``"NOT_SERVING"``, ``"SERVICE_UNKNOWN"``, ...

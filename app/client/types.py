@@ -147,3 +147,32 @@ def stream_items(response: asr_pb2.StreamingRecognizeResponse, events: bool) -> 
             )
         )
     return items
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model pipeline the server holds (``ListModels``); ``RecognitionConfig.model`` names one."""
+
+    name: str
+    is_default: bool
+    ready: bool
+    device: str
+    sources: dict[str, str]
+    version: str
+    streaming: bool
+    random_weights: bool
+    loaded_at_unix_ms: int
+
+
+def model_from_proto(info: asr_pb2.ModelInfo) -> ModelInfo:
+    return ModelInfo(
+        name=info.name,
+        is_default=info.is_default,
+        ready=info.ready,
+        device=info.device,
+        sources=dict(info.sources),
+        version=info.version,
+        streaming=info.streaming,
+        random_weights=info.random_weights,
+        loaded_at_unix_ms=info.loaded_at_unix_ms,
+    )

@@ -20,6 +20,7 @@ from grpc.aio import AbortError
 
 from app import metrics
 from app.transport.errors import status_for
+from app.transport.handlers import rebuild
 
 log = logging.getLogger("app.access")
 errlog = logging.getLogger(__name__)
@@ -79,8 +80,8 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             # Read the peer now: touching the context after a cancelled call has ended crashes grpc.aio.
             return _Call(facts, context.peer(), time.perf_counter())
 
-        async def fail(error: BaseException, context) -> grpc.StatusCode:
-            """Map an exception to a status and abort the call with it (re-raising cancellation)."""
+        async def fail(error: BaseException, context) -> None:
+            """Abort the call with the status the exception maps to (cancellation propagates)."""
             if isinstance(error, asyncio.CancelledError):
                 raise error
             code, message = status_for(error, rid)
@@ -113,7 +114,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         def code_of(error: BaseException, context) -> grpc.StatusCode:
             if isinstance(error, AbortError):
                 return context.code() or grpc.StatusCode.UNKNOWN
-            if isinstance(error, asyncio.CancelledError):
+            if isinstance(error, asyncio.CancelledError | GeneratorExit):  # the client went away
                 return grpc.StatusCode.CANCELLED
             return status_for(error, rid)[0]
 
@@ -150,28 +151,4 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
 
             return wrapped
 
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                wrap_unary_response(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                wrap_unary_response(handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                wrap_stream_response(handler.stream_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                wrap_stream_response(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return rebuild(handler, lambda kind, behavior: (wrap_stream_response if kind.endswith("_stream") else wrap_unary_response)(behavior))

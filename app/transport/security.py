@@ -12,6 +12,8 @@ from pathlib import Path
 
 import grpc
 
+from app.transport.handlers import rebuild
+
 log = logging.getLogger(__name__)
 
 AUTH_KEY = "authorization"
@@ -181,13 +183,4 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if refusal is None or handler is None:
             return handler
         refuse = _deny(*refusal)
-        kinds = {
-            "unary_unary": grpc.unary_unary_rpc_method_handler,
-            "unary_stream": grpc.unary_stream_rpc_method_handler,
-            "stream_unary": grpc.stream_unary_rpc_method_handler,
-            "stream_stream": grpc.stream_stream_rpc_method_handler,
-        }
-        for attr, make in kinds.items():
-            if getattr(handler, attr):
-                return make(refuse, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
-        return handler
+        return rebuild(handler, lambda kind, behavior: refuse)

@@ -66,6 +66,8 @@ class RunningServer:
 
 def channel_options(settings: Settings) -> list[tuple[str, int]]:
     options = [
+        # Without this a second server on the same port starts silently and steals half the connections.
+        ("grpc.so_reuseport", 0),
         ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
         ("grpc.max_send_message_length", settings.max_send_message_bytes),
         # Keepalive enforcement: pings more often than this are "strikes"; two strikes close the connection.
@@ -118,7 +120,7 @@ async def start_server(settings: Settings) -> RunningServer:
     service.on_model_state = running.set_model_serving
     if settings.health_port:
         # Kubernetes' native gRPC probes cannot speak TLS: a plaintext port that serves health and nothing else.
-        running.health_server = grpc.aio.server()
+        running.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, running.health_server)
         running.health_port = _listen(running.health_server, f"{settings.host}:{settings.health_port}", None)
         await running.health_server.start()
