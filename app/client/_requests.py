@@ -6,7 +6,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from app.client.audio import AudioEncoding, Pacer, PcmFormat
+from app.client.audio import AudioEncoding, PcmFormat
 from app.client.types import StreamingMode
 from app.gen.paraformer.asr.v1 import asr_pb2
 
@@ -151,110 +151,4 @@ class SyncFeed:
     def requests(self, first: asr_pb2.StreamingRecognizeRequest) -> Iterator[asr_pb2.StreamingRecognizeRequest]:
         yield first
         for chunk in self.attempt():
-            yield asr_pb2.StreamingRecognizeRequest(audio_content=chunk)
-
-
-_END = object()
-
-
-class _SourceFailed:
-    def __init__(self, error: BaseException):
-        self.error = error
-
-
-class AsyncFeed:
-    """The asyncio ReplayLog: one pump task reads the source into a small queue.
-
-    gRPC cancels an attempt's request iterator when its call ends; cancelling a pending read of
-    the caller's async generator would break that generator for good. Attempts therefore only
-    wait on the queue (cancel-safe), and the pump, which nobody cancels until the stream is
-    over, is the source's only reader. A synchronous iterable is read on a worker thread unless
-    it is known not to block (``blocking=False``).
-    """
-
-    def __init__(self, source, blocking: bool = True, pacer: Pacer | None = None, max_bytes: int = MAX_REPLAY_BYTES):
-        import asyncio
-
-        self.log = ReplayLog(max_bytes)
-        self._source = source
-        self._blocking = blocking
-        self._pacer = pacer
-        self._queue: asyncio.Queue = asyncio.Queue(maxsize=2)
-        self._lock = asyncio.Lock()
-        self._pump_task: asyncio.Task | None = None
-
-    async def _pump(self) -> None:
-        import asyncio
-
-        async def put(chunk) -> None:
-            if self._pacer is not None:
-                delay = self._pacer.wait_s(len(chunk))
-                if delay:
-                    await asyncio.sleep(delay)
-            await self._queue.put(bytes(chunk))
-
-        try:
-            if hasattr(self._source, "__aiter__"):
-                async for chunk in self._source:
-                    await put(chunk)
-            else:
-                it = iter(self._source)
-                while True:
-                    chunk = await asyncio.to_thread(next, it, _END) if self._blocking else next(it, _END)
-                    if chunk is _END:
-                        break
-                    await put(chunk)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as e:  # handed to the attempt, which raises it in the caller's task
-            await self._queue.put(_SourceFailed(e))
-            return
-        await self._queue.put(_END)
-
-    def start(self) -> None:
-        import asyncio
-
-        if self._pump_task is None:
-            self._pump_task = asyncio.get_running_loop().create_task(self._pump())
-
-    async def close(self) -> None:
-        import asyncio
-        import contextlib
-
-        if self._pump_task is not None and not self._pump_task.done():
-            self._pump_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._pump_task
-
-    def stop_recording(self) -> None:
-        self.log.stop()
-
-    async def attempt(self):
-        position = 0
-        while True:
-            async with self._lock:
-                if position < self.log.pulled:
-                    chunk = self.log.replayed(position)
-                    if chunk is None:
-                        return
-                elif self.log.exhausted:
-                    return
-                else:
-                    item = await self._queue.get()
-                    if item is _END:
-                        self.log.exhausted = True
-                        return
-                    if isinstance(item, _SourceFailed):
-                        self.log.source_error = item.error
-                        self.log.exhausted = True
-                        raise item.error
-                    chunk = item
-                    self.log.record(chunk)
-            position += 1
-            if chunk:
-                yield chunk
-
-    async def requests(self, first: asr_pb2.StreamingRecognizeRequest):
-        yield first
-        async for chunk in self.attempt():
             yield asr_pb2.StreamingRecognizeRequest(audio_content=chunk)

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import queue
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from app.client import errors
-from app.client._requests import AsyncFeed, Hotwords, Recognition, Streaming, recognize_request
-from app.client.audio import AudioEncoding, Pacer, recognize_audio, stream_source
+from app.client._requests import Hotwords, Recognition, Streaming, recognize_request
+from app.client.audio import AudioEncoding, recognize_audio, stream_source
 from app.client.channel import DEFAULT_TARGET, TlsConfig, TokenSource, call_metadata, channel_options, resolve_tls
 from app.client.errors import AsrError, trailing_metadata
 from app.client.retry import NO_RETRY, Attempts, RetryEvent, RetryPolicy
-from app.client.sync import HEALTH_STATUS
-from app.client.types import ModelInfo, StreamingMode, StreamItem, Transcript, model_from_proto, stream_items, transcript_from_proto
+from app.client.sync import HEALTH_STATUS, Client
+from app.client.types import ModelInfo, StreamingMode, StreamItem, Transcript, model_from_proto, transcript_from_proto
 from app.gen.paraformer.asr.v1 import asr_pb2, asr_pb2_grpc
 
 
@@ -47,6 +51,9 @@ class AsyncClient:
         self.retry = retry or RetryPolicy()
         self._metadata = tuple(metadata)
         self.on_retry = on_retry
+        self._load_balancing = load_balancing
+        self._options = tuple(options)
+        self._sync_client: Client | None = None
         opts = channel_options(load_balancing, self._tls, options)
         if self._tls is None:
             self._channel = grpc.aio.insecure_channel(target, options=opts)
@@ -57,6 +64,8 @@ class AsyncClient:
 
     async def close(self) -> None:
         await self._channel.close()
+        if self._sync_client is not None:
+            self._sync_client.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -140,38 +149,65 @@ class AsyncClient:
         """See ``Client.stream``; ``source`` may also be an async iterable of PCM chunks.
 
         To stop early, close the generator (``contextlib.aclosing``), which cancels the stream.
+
+        Streams run on gRPC's synchronous stack, one thread per stream, results handed to the
+        event loop: grpc.aio (1.85) loses the server's status when the server ends a call while
+        the client is still sending, so a stream refused at the door (draining, full) would fail
+        with "INTERNAL: Internal error from Core" instead of the UNAVAILABLE it can retry. The
+        caller's async source is read on the event loop; ``on_retry`` is called on the stream's thread.
         """
         src = await asyncio.to_thread(stream_source, source, sample_rate_hz, encoding, channels, realtime, chunk_ms)
+        loop = asyncio.get_running_loop()
+        bridge = None
+        if not isinstance(src.chunks, Iterable):
+            bridge = _AsyncSource(src.chunks, loop)
+            src = dataclasses.replace(src, chunks=bridge)
         recognition = Recognition(punctuation, word_times, tuple(hotwords), model, dict(engine_options or {}))
-        first = Streaming(interim_results, single_utterance, mode, chunk_duration_ms, max_trailing_silence_ms, max_utterance_ms).config(recognition, src.pcm)
-        feed = AsyncFeed(src.chunks, blocking=src.blocking, pacer=Pacer(src.pcm.bytes_per_second, speed) if src.realtime else None)
-        call_md = self._metadata_for(request_id, metadata)
-        attempts = Attempts(retry or self.retry, timeout, self.on_retry)
-        feed.start()
+        streaming = Streaming(interim_results, single_utterance, mode, chunk_duration_ms, max_trailing_silence_ms, max_utterance_ms)
+        run = self._sync()._stream_run(src, speed, recognition, streaming, events, timeout, request_id, metadata, retry)
+        results: asyncio.Queue = asyncio.Queue()
+
+        def post(item) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening any more
+                loop.call_soon_threadsafe(results.put_nowait, item)
+
+        def work() -> None:
+            try:
+                for item in run:
+                    post(item)
+            except BaseException as e:
+                post(_Failed(e))
+            else:
+                post(_END)
+
+        threading.Thread(target=work, name="paraformer-asr-stream", daemon=True).start()
         try:
             while True:
-                call = self._stub.StreamingRecognize(feed.requests(first), timeout=attempts.start(), metadata=call_md)
-                answered = False
-                try:
-                    async for response in call:
-                        if not answered:
-                            answered = True
-                            feed.stop_recording()
-                        for item in stream_items(response, events):
-                            yield item
+                item = await results.get()
+                if item is _END:
                     return
-                except grpc.RpcError as e:
-                    if feed.log.source_error is not None:
-                        raise feed.log.source_error from None
-                    error = self._error(e, attempts.attempt)
-                    pause = None if answered or not feed.log.replayable else attempts.pause_after(error, trailing_metadata(e))
-                    if pause is None:
-                        raise error from None
-                    await asyncio.sleep(pause)
-                finally:
-                    call.cancel()
+                if isinstance(item, _Failed):
+                    raise item.error
+                yield item
         finally:
-            await feed.close()
+            run.cancel()
+            if bridge is not None:
+                bridge.close()
+
+    def _sync(self) -> Client:
+        if self._sync_client is None:
+            self._sync_client = Client(
+                self.target,
+                tls=self._tls or False,
+                token=self._token,
+                timeout=self.timeout,
+                retry=self.retry,
+                load_balancing=self._load_balancing,
+                options=self._options,
+                metadata=self._metadata,
+                on_retry=self.on_retry,
+            )
+        return self._sync_client
 
     async def models(self, timeout: float | None = 10.0) -> list[ModelInfo]:
         """The model pipelines the server holds (ListModels), the default first."""
@@ -201,3 +237,54 @@ class AsyncClient:
             if time.monotonic() + poll_s >= deadline:
                 raise AsrError(None, f"not SERVING after {timeout:g} s (last: {last})", errors.TIMEOUT, self.target)
             await asyncio.sleep(poll_s)
+
+
+_END = object()
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class _AsyncSource:
+    """An async iterable of chunks as the blocking iterator gRPC's request thread reads.
+
+    A task on the event loop reads the source; a semaphore released by the reading thread keeps
+    it at most a few chunks ahead, so nothing blocks the loop and nothing piles up.
+    """
+
+    AHEAD = 4
+
+    def __init__(self, source: AsyncIterable[bytes], loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._queue: queue.Queue = queue.Queue()
+        self._room = asyncio.Semaphore(self.AHEAD)
+        self._task = loop.create_task(self._pump(source))
+
+    async def _pump(self, source: AsyncIterable[bytes]) -> None:
+        try:
+            async for chunk in source:
+                await self._room.acquire()
+                self._queue.put(bytes(chunk))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # raised to the caller by the stream
+            self._queue.put(_Failed(e))
+            return
+        self._queue.put(_END)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._room.release)
+            yield item
+
+    def close(self) -> None:
+        self._task.cancel()
+        self._queue.put(_END)  # a reader still waiting in gRPC's thread stops

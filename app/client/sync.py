@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -160,36 +161,26 @@ class Client:
         Breaking out of the loop cancels the stream.
         """
         src = stream_source(source, sample_rate_hz, encoding, channels, realtime, chunk_ms)
-        chunks = src.chunks
-        if not hasattr(chunks, "__iter__"):
+        if not isinstance(src.chunks, Iterable):
             raise TypeError("the synchronous client needs a synchronous iterable of chunks; use AsyncClient for async iterables")
-        if src.realtime:
-            chunks = paced(chunks, src.pcm.bytes_per_second, speed)
         recognition = Recognition(punctuation, word_times, tuple(hotwords), model, dict(engine_options or {}))
-        first = Streaming(interim_results, single_utterance, mode, chunk_duration_ms, max_trailing_silence_ms, max_utterance_ms).config(recognition, src.pcm)
-        feed = SyncFeed(chunks)
-        call_md = self._metadata_for(request_id, metadata)
-        attempts = Attempts(retry or self.retry, timeout, self.on_retry)
-        while True:
-            call = self._stub.StreamingRecognize(feed.requests(first), timeout=attempts.start(), metadata=call_md)
-            answered = False
-            try:
-                for response in call:
-                    if not answered:
-                        answered = True
-                        feed.stop_recording()
-                    yield from stream_items(response, events)
-                return
-            except grpc.RpcError as e:
-                if feed.log.source_error is not None:
-                    raise feed.log.source_error from None
-                error = self._error(e, attempts.attempt)
-                pause = None if answered or not feed.log.replayable else attempts.pause_after(error, trailing_metadata(e))
-                if pause is None:
-                    raise error from None
-                time.sleep(pause)
-            finally:
-                call.cancel()
+        streaming = Streaming(interim_results, single_utterance, mode, chunk_duration_ms, max_trailing_silence_ms, max_utterance_ms)
+        run = self._stream_run(src, speed, recognition, streaming, events, timeout, request_id, metadata, retry)
+        try:
+            yield from run
+        finally:
+            run.cancel()
+
+    def _stream_run(self, src, speed, recognition, streaming, events, timeout, request_id, metadata, retry) -> StreamRun:
+        chunks = paced(src.chunks, src.pcm.bytes_per_second, speed) if src.realtime else src.chunks
+        return StreamRun(
+            self,
+            SyncFeed(chunks),
+            streaming.config(recognition, src.pcm),
+            events,
+            self._metadata_for(request_id, metadata),
+            Attempts(retry or self.retry, timeout, self.on_retry),
+        )
 
     def models(self, timeout: float | None = 10.0) -> list[ModelInfo]:
         """The model pipelines the server holds (ListModels), the default first."""
@@ -222,3 +213,58 @@ class Client:
             if time.monotonic() + poll_s >= deadline:
                 raise AsrError(None, f"not SERVING after {timeout:g} s (last: {last})", errors.TIMEOUT, self.target)
             time.sleep(poll_s)
+
+
+class StreamRun:
+    """One stream over its attempts, on gRPC's synchronous stack; ``cancel`` works from any thread.
+
+    A stream is retried only while the server has not answered (it was refused at the door:
+    draining, full): the feed then re-sends the audio the refused attempt had taken.
+    """
+
+    def __init__(self, client: Client, feed: SyncFeed, first, events: bool, metadata, attempts: Attempts):
+        self._client = client
+        self._feed = feed
+        self._first = first
+        self._events = events
+        self._metadata = metadata
+        self._attempts = attempts
+        self._lock = threading.Lock()
+        self._call = None
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled.set()
+            call = self._call
+        if call is not None:
+            call.cancel()
+
+    def __iter__(self) -> Iterator[StreamItem]:
+        feed, attempts = self._feed, self._attempts
+        while True:
+            with self._lock:
+                if self._cancelled.is_set():
+                    return
+                call = self._call = self._client._stub.StreamingRecognize(feed.requests(self._first), timeout=attempts.start(), metadata=self._metadata)
+            answered = False
+            try:
+                for response in call:
+                    if not answered:
+                        answered = True
+                        feed.stop_recording()
+                    yield from stream_items(response, self._events)
+                return
+            except grpc.RpcError as e:
+                if self._cancelled.is_set():
+                    return
+                if feed.log.source_error is not None:
+                    raise feed.log.source_error from None
+                error = self._client._error(e, attempts.attempt)
+                pause = None if answered or not feed.log.replayable else attempts.pause_after(error, trailing_metadata(e))
+                if pause is None:
+                    raise error from None
+                if self._cancelled.wait(pause):
+                    return
+            finally:
+                call.cancel()
