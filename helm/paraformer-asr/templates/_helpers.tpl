@@ -149,9 +149,62 @@ TLS nor bearer tokens. */}}
   value: {{ .Values.server.logFormat | quote }}
 {{- end }}
 
-{{/* Settings that the chart sets itself; server.config may not set them. */}}
+{{/* Settings that the chart sets itself; server.config may not set them. The settings of the
+optional features (pipelines, admin tokens, result cache) count only while the feature is on, so
+that a server.config that set them before the chart had values for them keeps working. */}}
 {{- define "paraformer-asr.managedEnv" -}}
 HOME ASR_MODEL_CACHE_DIR MODELSCOPE_CACHE ASR_ASR_MODEL ASR_VAD_MODEL ASR_PUNC_MODEL ASR_ONLINE_MODEL ASR_MODEL_REVISION ASR_DOWNLOAD_TIMEOUT_S ASR_LOG_LEVEL ASR_LOG_FORMAT ASR_HOST ASR_PORT ASR_METRICS_PORT ASR_HEALTH_PORT ASR_DEVICE ASR_TORCH_THREADS ASR_SHUTDOWN_GRACE_S ASR_OFFLINE ASR_DEMO ASR_DEMO_DIR ASR_TLS_CERT_FILE ASR_TLS_KEY_FILE ASR_TLS_CLIENT_CA_FILE ASR_AUTH_TOKENS_FILE ASR_MAX_CONCURRENT_RPCS ASR_MAX_CONNECTION_AGE_S ASR_MAX_CONNECTION_AGE_GRACE_S ASR_STREAM_GRACE_S
+{{- if .Values.models.pipelines.enabled }} ASR_MODELS_CONFIG{{ end }}
+{{- if .Values.admin.enabled }} ASR_ADMIN_TOKENS_FILE ASR_ADMIN_TOKENS{{ end }}
+{{- if .Values.resultCache.enabled }} ASR_CACHE_MAX_BYTES ASR_CACHE_TTL_S ASR_CACHE_REDIS_URL{{ end }}
+{{- end }}
+
+{{/* Where the models config file is mounted (a directory: a ConfigMap update reaches it). */}}
+{{- define "paraformer-asr.pipelinesDir" -}}
+/etc/paraformer-asr/pipelines
+{{- end }}
+
+{{/* The fetch-models init containers, as a YAML list of {name, args}: one for the single pipeline
+of models.*, or with models.pipelines one per pipeline that names a hub id not fetched already
+(a pipeline's own keys, else the models.* values, as the server resolves them). Directories,
+"none" and hub ids that an earlier container fetches are passed as "none", which fetch-models
+skips; the server checks directories when it loads them. */}}
+{{- define "paraformer-asr.fetchContainers" -}}
+{{- $m := .Values.models }}
+{{- $fetches := list }}
+{{- if not $m.pipelines.enabled }}
+{{- $fetches = append $fetches (dict "name" "fetch-models" "args" (list "fetch-models")) }}
+{{- else }}
+{{- $fetched := list }}
+{{- $names := list }}
+{{- range $name, $p := $m.pipelines.config.models }}
+{{- $p = default dict $p }}
+{{- $revision := toString (default $m.revision (get $p "model_revision")) }}
+{{- $args := list "fetch-models" }}
+{{- $new := false }}
+{{- range $role := list "asr" "vad" "punc" "online" }}
+{{- $spec := toString (default (get $m $role) (get $p (printf "%s_model" $role))) }}
+{{- $key := printf "%s@%s" $spec $revision }}
+{{- if and (regexMatch "^[^/.~][^/]*/[^/]+$" $spec) (not (has $key $fetched)) }}
+{{- $fetched = append $fetched $key }}
+{{- $new = true }}
+{{- else }}
+{{- $spec = "none" }}
+{{- end }}
+{{- $args = concat $args (list (printf "--%s-model" $role) $spec) }}
+{{- end }}
+{{- if $new }}
+{{- $args = concat $args (list "--model-revision" $revision) }}
+{{- $cname := printf "fetch-models-%s" (regexReplaceAll "[^a-z0-9-]" (lower (toString $name)) "-") | trunc 63 | trimSuffix "-" }}
+{{- if has $cname $names }}
+{{- fail (printf "models.pipelines.config.models: pipeline %s gives the init container name %s again; rename one of the pipelines" $name $cname) }}
+{{- end }}
+{{- $names = append $names $cname }}
+{{- $fetches = append $fetches (dict "name" $cname "args" $args) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toYaml $fetches }}
 {{- end }}
 
 {{/* Refuse combinations of values that cannot work, with a message that says what to change. */}}
@@ -202,5 +255,22 @@ HOME ASR_MODEL_CACHE_DIR MODELSCOPE_CACHE ASR_ASR_MODEL ASR_VAD_MODEL ASR_PUNC_M
 {{- if and $v.podDisruptionBudget.enabled (kindIs "invalid" $v.podDisruptionBudget.maxUnavailable) (kindIs "invalid" $v.podDisruptionBudget.minAvailable) }}
 {{- fail "podDisruptionBudget needs maxUnavailable or minAvailable" }}
 {{- end }}
+{{- $pipes := $v.models.pipelines }}
+{{- if and $pipes.enabled (not $pipes.config.models) }}
+{{- fail "models.pipelines.enabled needs models.pipelines.config.models (name -> settings of each pipeline)" }}
+{{- end }}
+{{- if and $pipes.enabled (not (hasKey (default dict $pipes.config.models) (toString $pipes.config.default))) }}
+{{- fail (printf "models.pipelines.config.default (%q) must name one of models.pipelines.config.models (%s)" (toString $pipes.config.default) (keys (default dict $pipes.config.models) | sortAlpha | join ", ")) }}
+{{- end }}
+{{- if and $v.admin.enabled (not $v.admin.existingSecret) }}
+{{- fail "admin.enabled needs admin.existingSecret (a Secret holding the admin tokens, one per line)" }}
+{{- end }}
+{{- if and $v.resultCache.enabled $v.resultCache.redis.enabled (not $v.resultCache.redis.existingSecret) }}
+{{- fail "resultCache.redis.enabled needs resultCache.redis.existingSecret (a Secret holding the Redis URL)" }}
+{{- end }}
+{{- if and $v.resultCache.enabled (not $v.resultCache.redis.enabled) (lt (int64 $v.resultCache.maxBytes) 1) }}
+{{- fail "resultCache.enabled without Redis needs resultCache.maxBytes above 0 (the in-memory budget)" }}
+{{- end }}
 {{- $_ := include "paraformer-asr.terminationGracePeriodSeconds" . }}
+{{- $_ := include "paraformer-asr.fetchContainers" . }}
 {{- end }}
