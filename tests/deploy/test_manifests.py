@@ -330,6 +330,176 @@ def test_tokens_from_a_chart_made_secret(renderings):
     assert "ASR_TLS_CERT_FILE" not in r.env
 
 
+# --- named pipelines, admin tokens, result cache -------------------------------------------
+
+FEATURES = "pipelines-admin-cache"  # the ci values set that turns all three on
+FEATURE_ENV = ("ASR_MODELS_CONFIG", "ASR_ADMIN_TOKENS_FILE", "ASR_ADMIN_TOKENS", "ASR_CACHE_MAX_BYTES", "ASR_CACHE_TTL_S", "ASR_CACHE_REDIS_URL")
+HUB_ID = re.compile(r"^[^/.~][^/]*/[^/]+$")  # as app/engine/loader.py's _looks_like_hub_id
+
+
+def mount_of(r: Rendering, file_path: str) -> tuple[dict, dict, str]:
+    """(volume mount, volume, file name inside the volume) of the server container's file_path."""
+    volumes = {v["name"]: v for v in pod_spec(r)["volumes"]}
+    for mount in r.server["volumeMounts"]:
+        prefix = mount["mountPath"].rstrip("/") + "/"
+        if file_path.startswith(prefix):
+            return mount, volumes[mount["name"]], file_path[len(prefix) :]
+    pytest.fail(f"{r.name}: nothing mounts {file_path}")
+
+
+def ci_values(name: str) -> dict:
+    return yaml.safe_load((CHART / "ci" / f"{name}.yaml").read_text())
+
+
+def render(tools_tmp, *args: str) -> Rendering:
+    proc = run([tool("helm"), "template", "asr", CHART, "--namespace", "asr-ci", *args], env=tool_env(tools_tmp))
+    assert proc.returncode == 0, proc.stderr
+    return Rendering("extra", tools_tmp / "extra.yaml", proc.stdout, [d for d in yaml.safe_load_all(proc.stdout) if d])
+
+
+def test_pipelines_configmap_is_mounted_where_models_config_points(renderings, tmp_path):
+    r = renderings[FEATURES]
+    mount, volume, key = mount_of(r, r.env["ASR_MODELS_CONFIG"])
+    assert mount["readOnly"] is True and "subPath" not in mount
+    configmap = r.one("ConfigMap", "-pipelines")
+    assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+    assert key in [i["path"] for i in volume["configMap"]["items"]]
+    (item,) = [i for i in volume["configMap"]["items"] if i["path"] == key]
+    text = configmap["data"][item["key"]]
+    assert yaml.safe_load(text) == ci_values(FEATURES)["models"]["pipelines"]["config"], "the ConfigMap does not hold the values' models config"
+    # The server accepts it: every pipeline, its settings and the default (app.config.model_settings).
+    from app.config import model_settings
+
+    path = tmp_path / "models.yaml"
+    path.write_text(text)
+    default, pipelines = model_settings(Settings(models_config=str(path)))
+    assert default == "paraformer-large" and set(pipelines) == {"paraformer-large", "paraformer-large-hotwords", "paraformer-finetuned"}
+    assert pipelines["paraformer-large-hotwords"].max_batch_size == 8 and pipelines["paraformer-large-hotwords"].online_model == "none"
+
+
+def test_pipelines_change_rolls_the_pods(renderings, tools_tmp):
+    r = renderings[FEATURES]
+    checksum = r.deployment["spec"]["template"]["metadata"]["annotations"]["checksum/pipelines"]
+    assert re.fullmatch(r"[0-9a-f]{64}", checksum)
+    values = CHART / "ci" / f"{FEATURES}.yaml"
+    same = render(tools_tmp, "-f", values)
+    changed = render(tools_tmp, "-f", values, "--set", "models.pipelines.config.models.paraformer-large.max_batch_size=4")
+    assert same.deployment["spec"]["template"]["metadata"]["annotations"]["checksum/pipelines"] == checksum
+    assert changed.deployment["spec"]["template"]["metadata"]["annotations"]["checksum/pipelines"] != checksum
+
+
+def test_init_containers_fetch_every_pipelines_hub_models_once(renderings):
+    r = renderings[FEATURES]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["models"]
+    pipelines = ci_values(FEATURES)["models"]["pipelines"]["config"]["models"]
+    needed = set()
+    for settings in pipelines.values():
+        settings = settings or {}
+        revision = settings.get("model_revision", values["revision"])
+        for role in ("asr", "vad", "punc", "online"):
+            spec = settings.get(f"{role}_model", values[role])
+            if HUB_ID.match(spec):
+                needed.add((role, spec, revision))
+    inits = pod_spec(r)["initContainers"]
+    assert "fetch-models" not in [c["name"] for c in inits], "with pipelines, the models.* fetch is replaced by one per pipeline"
+    fetched = []
+    for init in inits:
+        args = init["args"]
+        assert args[0] == "fetch-models" and init["image"] == r.server["image"], init["name"]
+        flags = dict(zip(args[1::2], args[2::2], strict=True))
+        for role in ("asr", "vad", "punc", "online"):
+            spec = flags[f"--{role}-model"]
+            assert spec == "none" or HUB_ID.match(spec), f"{init['name']} would check directory {spec} (it may be on a volume the init container lacks)"
+            if spec != "none":
+                fetched.append((role, spec, flags["--model-revision"]))
+        assert {m["mountPath"] for m in init["volumeMounts"]} >= {"/tmp", r.env["ASR_MODEL_CACHE_DIR"]}
+    assert sorted(fetched) == sorted(needed), "every hub model of every pipeline is fetched exactly once"
+    assert ("asr", "iic/speech_seaco_paraformer_large_asr_nat-zh-cn-16k-common-vocab8404-pytorch", "master") in needed
+
+
+def test_admin_tokens_come_from_the_existing_secret(renderings):
+    r = renderings[FEATURES]
+    mount, _, _ = mount_of(r, r.env["ASR_ADMIN_TOKENS_FILE"])
+    assert mount["readOnly"] is True
+    assert mounted_secret(r, r.env["ASR_ADMIN_TOKENS_FILE"]) == "asr-admin-tokens"
+    assert mounted_secret(r, r.env["ASR_AUTH_TOKENS_FILE"]) == "asr-tokens"
+    assert "ASR_ADMIN_TOKENS" not in r.env, "admin tokens travel in a file, never in the environment"
+    assert not r.of_kind("Secret"), "the chart creates no Secret: token values never pass through values"
+
+
+def test_redis_url_comes_from_a_secret_key_ref(renderings):
+    r = renderings[FEATURES]
+    (entry,) = [e for e in r.server["env"] if e["name"] == "ASR_CACHE_REDIS_URL"]
+    assert "value" not in entry
+    assert entry["valueFrom"] == {"secretKeyRef": {"name": "asr-redis", "key": "url"}}
+    assert r.env["ASR_CACHE_TTL_S"] == "7200"
+    assert "ASR_CACHE_MAX_BYTES" not in r.env, "with Redis the in-memory budget is not used"
+    assert not [e for e in r.server["env"] if "redis://" in str(e.get("value", ""))], "a Redis URL in plain env"
+
+
+def test_network_policy_allows_redis_egress_when_egress_is_restricted(renderings, tools_tmp):
+    policy = renderings[FEATURES].one("NetworkPolicy")
+    assert "Egress" in policy["spec"]["policyTypes"]
+    redis_rules = [rule for rule in policy["spec"]["egress"] if {"port": 6379, "protocol": "TCP"} in rule.get("ports", [])]
+    assert redis_rules == [{"ports": [{"port": 6379, "protocol": "TCP"}], "to": ci_values(FEATURES)["resultCache"]["redis"]["egress"]["to"]}]
+    assert any({"port": 53, "protocol": "UDP"} in rule.get("ports", []) for rule in policy["spec"]["egress"]), "the ci set keeps DNS"
+    # Egress left open (networkPolicy.egress empty): the allowance adds nothing, so egress stays open.
+    open_egress = render(
+        tools_tmp,
+        "--set", "resultCache.enabled=true",
+        "--set", "resultCache.redis.enabled=true",
+        "--set", "resultCache.redis.existingSecret=asr-redis",
+        "--set", "resultCache.redis.egress.enabled=true",
+    )  # fmt: skip
+    spec = open_egress.one("NetworkPolicy")["spec"]
+    assert spec["policyTypes"] == ["Ingress"] and "egress" not in spec
+
+
+def test_in_memory_result_cache(tools_tmp):
+    r = render(tools_tmp, "--set", "resultCache.enabled=true")
+    assert r.env["ASR_CACHE_MAX_BYTES"] == "268435456", "an integer, not Helm's float notation (2.68435456e+08)"
+    assert r.env["ASR_CACHE_TTL_S"] == "3600"
+    assert "ASR_CACHE_REDIS_URL" not in r.env
+    assert Settings.env_name("cache_max_bytes") == "ASR_CACHE_MAX_BYTES"
+
+
+def test_features_are_off_by_default(renderings):
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["models"]["pipelines"]["enabled"] is False
+    assert values["admin"]["enabled"] is False and values["admin"]["existingSecret"] == ""
+    assert values["resultCache"]["enabled"] is False and values["resultCache"]["redis"]["enabled"] is False
+    assert values["resultCache"]["redis"]["egress"]["enabled"] is False
+    assert "tokens" not in values["admin"], "admin tokens come only from an existing Secret"
+    for r in all_renderings(renderings):
+        if r.name == FEATURES:
+            continue
+        spec = pod_spec(r)
+        names = {e["name"] for c in spec.get("initContainers", []) + spec["containers"] for e in c.get("env", [])}
+        assert not names & set(FEATURE_ENV), f"{r.name} sets {sorted(names & set(FEATURE_ENV))}"
+        assert not [c for c in r.of_kind("ConfigMap") if c["metadata"]["name"].endswith("-pipelines")], r.name
+        assert {v["name"] for v in spec["volumes"]}.isdisjoint({"pipelines", "admin-tokens"}), r.name
+        assert "checksum/pipelines" not in r.deployment["spec"]["template"]["metadata"]["annotations"], r.name
+        assert [c["name"] for c in spec.get("initContainers", [])] in ([], ["fetch-models"]), r.name
+        for policy in r.of_kind("NetworkPolicy"):
+            assert "6379" not in json.dumps(policy), r.name
+
+
+def test_schema_knows_the_per_pipeline_settings():
+    """models.pipelines.config.models entries allow exactly what the server allows (app/config.py)."""
+    from app.config import PER_MODEL_SETTINGS
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    models = schema["properties"]["models"]["properties"]["pipelines"]["properties"]["config"]["properties"]["models"]
+    (pipeline,) = [s for s in models["additionalProperties"]["anyOf"] if s.get("type") == "object"]
+    assert set(pipeline["properties"]) == set(PER_MODEL_SETTINGS)
+    assert pipeline["additionalProperties"] is False
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    for key, node in pipeline["properties"].items():
+        python = type(fields[key].default)
+        expected = {str: "string", bool: "boolean", int: "integer", float: "number"}[python]
+        assert node["type"] == expected, f"{key}: schema says {node['type']}, app/config.py has {python.__name__}"
+
+
 # --- monitoring -----------------------------------------------------------------------------
 
 
