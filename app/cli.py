@@ -99,7 +99,11 @@ def _client_command(name: str):
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
         from app.client import commands
 
-        return getattr(commands, f"{name}_command")(args)
+        try:
+            return getattr(commands, f"{name}_command")(args)
+        except BrokenPipeError:  # `paraformer-asr transcribe ... | head`: the reader left, stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
 
     return run
 
