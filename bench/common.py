@@ -66,18 +66,13 @@ def machine_info() -> dict:
     }
 
 
-def command_line() -> str:
-    return shlex.join([os.path.relpath(sys.executable, REPO) if sys.executable.startswith(str(REPO)) else sys.executable, *sys.argv])
-
-
-def machine_busy_seconds() -> float:
-    """CPU time the whole machine spent busy (all processes, all cores), from /proc/stat."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return 0.0
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+def command_line(module: str | None = None) -> str:
+    """How this run was started, as one would type it in the repository root."""
+    exe = sys.executable
+    if "/.venv/bin/" in exe:
+        exe = ".venv/bin/" + exe.rsplit("/.venv/bin/", 1)[1]
+    head = [exe, "-m", module] if module else [exe, sys.argv[0]]
+    return shlex.join([*head, *sys.argv[1:]])
 
 
 # ---------------------------------------------------------------------------- models

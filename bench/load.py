@@ -62,7 +62,7 @@ PRESETS = {
         goal_ratio=3.0,
     ),
     "large": dict(
-        concurrency="1,4,16,32", sets="short,long", long_concurrency="1,4",
+        concurrency="1,4,16,32", sets="short,long", long_concurrency="1",
         requests_per_client=3, min_requests=12, max_requests=200, point_seconds=60.0,
         long_requests_per_client=1, long_min_requests=1, long_max_requests=4, long_point_seconds=60.0,
         overhead_reps=30, overload_queue_items=32, overload_phases="10,20,20", timeout_s=600.0,
@@ -516,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {
         "benchmark": "bench.load",
         "label": args.label,
-        "command": command_line(),
+        "command": command_line("bench.load"),
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": info,
         "models": {"kind": args.models, "preset": args.preset},
