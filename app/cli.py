@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-cue-chars", type=int, default=0, help="srt/vtt: cut sentences longer than this into several cues, by word timings")
     progress = tr.add_mutually_exclusive_group()
     progress.add_argument(
-        "--progress", dest="progress", action="store_true", default=None, help="progress on stderr (default: on a terminal, for several files)"
+        "--progress", dest="progress", action="store_true", default=None, help="progress on stderr (default: on a terminal, for several files or a large one)"
     )
     progress.add_argument("--no-progress", dest="progress", action="store_false")
     _add_recognition_arguments(tr)

@@ -32,6 +32,8 @@ AUDIO_EXTENSIONS = frozenset(
     | {".mka", ".mkv", ".aif", ".aiff", ".wma", ".amr", ".3gp", ".caf", ".spx"}
 )
 
+LARGE_INPUT_BYTES = 8 * 1024 * 1024  # about 4 minutes of 16 kHz wav
+
 # What to do about each connection or credential problem, in this command's own flags.
 HINTS = {
     errors.UNREACHABLE: "check --target",
@@ -268,7 +270,10 @@ def _write_atomically(path: Path, text: str) -> None:
 
 async def _transcribe_all(args: argparse.Namespace, jobs: list[Job], fmt: str, outputs: list[Path] | None) -> int:
     many = len(jobs) > 1
-    progress = Progress(jobs, enabled=args.progress if args.progress is not None else (many and sys.stderr.isatty()))
+    # Automatic on a terminal, for several files or a long one (a single call shows no inner progress,
+    # but the ticking clock says it is still working).
+    large = sum(job.size for job in jobs) > LARGE_INPUT_BYTES
+    progress = Progress(jobs, enabled=args.progress if args.progress is not None else ((many or large) and sys.stderr.isatty()))
     rendered: dict[int, str | None] = {}
     next_to_print = 0
     failures: list[tuple[Job, str]] = []
