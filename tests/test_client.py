@@ -200,6 +200,13 @@ def test_asyncio_client(server, wav):
                 await asr.transcribe(b"")
             assert err.value.code is grpc.StatusCode.INVALID_ARGUMENT
 
+            async def broken_mic():
+                yield b"\0\0" * 1600
+                raise OSError("microphone unplugged")
+
+            with pytest.raises(OSError, match="microphone unplugged"):
+                [r async for r in asr.stream(broken_mic(), sample_rate_hz=16000)]
+
     asyncio.run(main())
 
 
