@@ -75,6 +75,16 @@ def command_line(module: str | None = None) -> str:
     return shlex.join([*head, *sys.argv[1:]])
 
 
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine spent busy (all processes, all cores), from /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 # ---------------------------------------------------------------------------- models
 @dataclass(frozen=True)
 class ModelDirs:
