@@ -15,3 +15,4 @@ protos:  ## regenerate app/gen from proto/
 
 docs:  ## regenerate docs that are generated from code
 	.venv/bin/paraformer-asr config-reference > docs/configuration.md
+	.venv/bin/python scripts/gen_api_docs.py

@@ -53,7 +53,7 @@ POD = "paraformer-asr-test-0"
 
 # Labels the service may put on its series (plus `le` of histograms). Anything else, above all a
 # request id or a peer address, would make the number of series grow with traffic.
-ALLOWED_LABELS = {"rpc", "code", "model", "role", "reason", "device", "le", "version", "grpcio", "python"}
+ALLOWED_LABELS = {"rpc", "code", "model", "role", "reason", "device", "le", "version", "grpcio", "python", "outcome"}
 
 
 # ====================================================================== helpers

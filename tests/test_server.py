@@ -226,3 +226,18 @@ def test_a_second_server_on_the_same_port_fails_to_start(server, tiny_models):
 
     with pytest.raises(OSError, match="cannot listen"):
         asyncio.run(start_server(settings_for(tiny_models, port=server.running.port)))
+
+
+def test_overload_refusals_carry_a_retry_hint(make_server):
+    srv = make_server(max_queue_items=1, max_batch_size=1)
+    s, channel = stub(srv.target)
+    with channel:
+        request = asr_pb2.RecognizeRequest(audio=asr_pb2.RecognitionAudio(content=encode(speechlike(20.0))))
+        busy = [s.Recognize.future(request, timeout=60) for _ in range(3)]
+        refused = [f for f in busy if f.exception() is not None]
+        assert refused, "expected at least one refusal with a queue of one"
+        for future in refused:
+            err = future.exception()
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            metadata = dict(err.trailing_metadata())
+            assert metadata["grpc-retry-pushback-ms"] == "250" and metadata["x-request-id"]

@@ -19,6 +19,7 @@ import grpc
 from grpc.aio import AbortError
 
 from app import metrics
+from app.core.errors import Overloaded
 from app.transport.errors import status_for
 from app.transport.handlers import rebuild
 
@@ -26,6 +27,8 @@ log = logging.getLogger("app.access")
 errlog = logging.getLogger(__name__)
 
 REQUEST_ID_KEY = "x-request-id"
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+OVERLOAD_PUSHBACK_MS = 250  # about one batch of a loaded GPU: long enough for the queue to move
 _VALID_ID = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 
 # Read by the log formatter and by servicers that put the id into responses.
@@ -87,6 +90,9 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             code, message = status_for(error, rid)
             if code is grpc.StatusCode.INTERNAL:
                 errlog.error("unhandled error in %s", rpc, exc_info=error)
+            if isinstance(error, Overloaded):
+                # The standard retry hint: gRPC's built-in retry policies (Go, Java, Node, ...) and our client honour it.
+                context.set_trailing_metadata(((REQUEST_ID_KEY, rid), (RETRY_PUSHBACK_KEY, str(OVERLOAD_PUSHBACK_MS))))
             await context.abort(code, message)
 
         def end(call: _Call, code: grpc.StatusCode) -> None:

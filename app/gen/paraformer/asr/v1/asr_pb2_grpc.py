@@ -231,6 +231,9 @@ class AdminServicer:
         ones, warms it up, switches traffic to it atomically, lets requests on the old version finish
         and frees it. A failed load leaves the old version serving and fails with FAILED_PRECONDITION
         saying why.
+        It returns the ModelInfo it loaded, as Google's design guide has methods that act on one
+        resource return that resource (AIP-131..136).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
