@@ -255,6 +255,14 @@ class Server:
                 for suffix, key in wanted.items():
                     if sample.name.endswith(suffix):
                         out[key] = out.get(key, 0.0) + sample.value
+                # Server-side time of refused RPCs (interceptor in to out): excludes the client and the network.
+                if sample.labels.get("code") == "RESOURCE_EXHAUSTED" and sample.name.endswith("request_duration_seconds_bucket"):
+                    if sample.labels.get("le") == "0.01":
+                        out["rejected_within_10ms_server"] = out.get("rejected_within_10ms_server", 0.0) + sample.value
+                elif sample.labels.get("code") == "RESOURCE_EXHAUSTED" and sample.name.endswith("request_duration_seconds_count"):
+                    out["rejected_server"] = out.get("rejected_server", 0.0) + sample.value
+                elif sample.labels.get("code") == "RESOURCE_EXHAUSTED" and sample.name.endswith("request_duration_seconds_sum"):
+                    out["rejected_server_seconds"] = out.get("rejected_server_seconds", 0.0) + sample.value
         return out
 
 

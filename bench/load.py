@@ -357,6 +357,13 @@ async def overload(args, server: Server, audio: AudioSet, sustainable_rps: float
         "phases": [{"name": n, "rate_rps": round(r, 3), "seconds": s} for n, r, s in phases],
         "server_rejected": int(after.get("rejected", 0) - before.get("rejected", 0)),
     }
+    # The server's own view of the refusals (its latency histogram, 10 ms bucket): without the
+    # client's and the network's share, which a load generator on the same 2 cores inflates.
+    n = after.get("rejected_server", 0) - before.get("rejected_server", 0)
+    if n:
+        within = after.get("rejected_within_10ms_server", 0) - before.get("rejected_within_10ms_server", 0)
+        seconds = after.get("rejected_server_seconds", 0) - before.get("rejected_server_seconds", 0)
+        result["server_side_rejections"] = {"count": int(n), "within_10ms_fraction": round(within / n, 4), "mean_ms": round(1000 * seconds / n, 2)}
     over_start, over_end = base_s, base_s + over_s
     for name, calls in out.items():
         ok = [c for c in calls if c.code == "OK"]
@@ -437,6 +444,9 @@ def print_overload(o: dict, queue_items: int, sweep_ref: dict | None) -> None:
     ))  # fmt: skip
     if sweep_ref:
         log(f"  closed loop at {sweep_ref['concurrency']} clients (same queue depth), batching on: p50 {sweep_ref['p50_ms']} ms, p99 {sweep_ref['p99_ms']} ms")
+    if o.get("server_side_rejections"):
+        sr = o["server_side_rejections"]
+        log(f"  server-side (its latency histogram): {sr['count']} refusals, mean {sr['mean_ms']} ms, {100 * sr['within_10ms_fraction']:.1f} % within 10 ms")
     r = o["recovery"]
     steady = r["after_steady_latency"]
     log(

@@ -73,6 +73,9 @@ def overload_table(o: dict) -> str:
         f"- sustainable rate (best closed-loop throughput of the sweep, batching on): {o['sustainable_rps']:.1f} req/s; queue limit {o['queue_items']} "
         f"(drains in {o['drain_s']:.2f} s)",
     ]
+    if o.get("server_side_rejections"):
+        sr = o["server_side_rejections"]
+        notes.append(f"- refusals as the server timed them (its request-latency histogram): {sr['count']}, mean {sr['mean_ms']} ms, {100 * sr['within_10ms_fraction']:.1f} % within 10 ms")
     if ref:
         notes.append(f"- closed loop at {ref['concurrency']} clients, same server settings: p50 {ref['p50_ms']} ms, p99 {ref['p99_ms']} ms")
     notes.append(
