@@ -207,8 +207,32 @@ def test_source_errors_reach_the_caller():
     assert isinstance(feed.log.source_error, RuntimeError)
 
 
+def test_only_the_newest_attempt_reads_and_it_replays_everything():
+    chunks = [bytes([i]) for i in range(20)]
+    feed = SyncFeed(iter(chunks))
+    first = feed.attempt()
+    assert [next(first) for _ in range(3)] == chunks[:3]
+    second = feed.attempt()
+    assert list(second) == chunks  # the three pulled before, then the rest
+    assert list(first) == []  # the refused attempt's generator stops: it must not steal chunks
+
+
+def test_an_answer_during_the_replay_loses_no_audio():
+    # The regression: the server answered the retry while it was still re-sending what the refused
+    # attempt had pulled; dropping the record then cut the stream short (an utterance went missing).
+    chunks = [bytes([i]) for i in range(10)]
+    feed = SyncFeed(iter(chunks))
+    refused = feed.attempt()
+    [next(refused) for _ in range(4)]
+    retry = feed.attempt()
+    got = [next(retry)]
+    feed.stop_recording()  # the first response of the retry arrives here
+    got += list(retry)
+    assert got == chunks
+
+
 def test_the_feed_is_safe_for_two_threads():
-    feed = SyncFeed(iter([bytes([i]) for i in range(200)]))
+    feed = SyncFeed(iter([i.to_bytes(2, "big") for i in range(2000)]))
     got: list[list[bytes]] = [[], []]
 
     def read(k):
@@ -219,8 +243,10 @@ def test_the_feed_is_safe_for_two_threads():
         t.start()
     for t in threads:
         t.join()
-    # Both replay the shared log: each sees every chunk in order (recording never stopped).
-    assert got[0] == got[1] == [bytes([i]) for i in range(200)]
+    # Whichever attempt started last reads everything, in order; the other stopped at some prefix.
+    full, other = sorted(got, key=len, reverse=True)
+    assert full == [i.to_bytes(2, "big") for i in range(2000)]
+    assert other == full[: len(other)]
 
 
 # --- subtitles and formats -------------------------------------------------------------------------

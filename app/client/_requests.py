@@ -78,9 +78,10 @@ class ReplayLog:
 
     Each attempt first re-sends what earlier attempts pulled, then pulls new chunks. Recording
     stops at the server's first answer (a stream is not retried after that) or past
-    MAX_REPLAY_BYTES. An attempt whose call is over may still be inside its pull when the next
-    attempt starts: the chunk it gets is recorded, so the next attempt sends it; the lock keeps
-    the source to one reader.
+    MAX_REPLAY_BYTES; the answered attempt still replays what was recorded before it reads on,
+    and the record is dropped once it has caught up. Only the newest attempt may read: an older
+    one whose call is over may still be inside its generator, and must neither send a replayed
+    chunk twice to the live call nor take a new chunk from it.
     """
 
     def __init__(self, max_bytes: int = MAX_REPLAY_BYTES):
@@ -92,10 +93,10 @@ class ReplayLog:
         self.replayable = True
         self.exhausted = False
         self.source_error: BaseException | None = None
+        self.newest_attempt = 0
 
     def stop(self) -> None:
         self.recording = False
-        self.chunks.clear()
 
     def record(self, chunk: bytes) -> None:
         self.pulled += 1
@@ -104,12 +105,17 @@ class ReplayLog:
         self.chunks.append(chunk)
         self.bytes += len(chunk)
         if self.bytes > self.max_bytes:
+            # Too much to keep: the stream can no longer be retried. The reading attempt is caught
+            # up (it just pulled this chunk), so the record can go at once.
             self.replayable = False
             self.stop()
+            self.chunks.clear()
 
-    def replayed(self, position: int) -> bytes | None:
-        """The recorded chunk at ``position``; None when the attempt is stale (recording stopped)."""
-        return self.chunks[position] if self.recording else None
+    def replayed(self, position: int) -> bytes:
+        chunk = self.chunks[position]
+        if not self.recording and position == len(self.chunks) - 1:
+            self.chunks = [b""] * len(self.chunks)  # caught up: keep positions, free the audio
+        return chunk
 
 
 class SyncFeed:
@@ -125,13 +131,18 @@ class SyncFeed:
             self.log.stop()
 
     def attempt(self) -> Iterator[bytes]:
+        with self._lock:
+            self.log.newest_attempt += 1
+            me = self.log.newest_attempt
         position = 0
         while True:
             with self._lock:
-                if position < self.log.pulled:
+                if me != self.log.newest_attempt:
+                    return  # a newer attempt owns the source now
+                if position < len(self.log.chunks):
                     chunk = self.log.replayed(position)
-                    if chunk is None:
-                        return
+                elif position < self.log.pulled:
+                    return  # not recorded (past the replay budget): this attempt cannot continue
                 elif self.log.exhausted:
                     return
                 else:
