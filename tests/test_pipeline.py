@@ -133,8 +133,9 @@ def test_expired_deadline_never_reaches_the_model(engine, tiny_models):
     async def body(p):
         with pytest.raises(DeadlineExpired):
             await p.recognize_samples(marker, RecognitionOptions(), deadline=time.monotonic() - 0.001)
-        # Deadline passes while the segment waits in the scheduler for its batch window to close.
-        with pytest.raises(DeadlineExpired):
+        # Deadline passes while the segment waits in the scheduler for its batch window to close
+        # (the window stays open while other admitted requests are on their way).
+        with p.admission.admit(), p.admission.admit(), pytest.raises(DeadlineExpired):
             await p.recognize_samples(marker, RecognitionOptions(), deadline=time.monotonic() + 0.1, spans=[(0, 1234)])
         return p.scheduler.stats
 
@@ -148,6 +149,9 @@ def test_expired_deadline_never_reaches_the_model(engine, tiny_models):
 
 def test_cancelled_request_leaves_the_queue(engine, tiny_models):
     async def body(p):
+        others = [p.admission.admit() for _ in range(2)]  # requests in flight keep the batch window open
+        for other in others:
+            other.__enter__()
         task = asyncio.ensure_future(p.recognize_samples(speechlike(1.0), RecognitionOptions()))
         for _ in range(100):
             await asyncio.sleep(0.005)
@@ -157,6 +161,8 @@ def test_cancelled_request_leaves_the_queue(engine, tiny_models):
         with pytest.raises(asyncio.CancelledError):
             await task
         await asyncio.sleep(0.3)
+        for other in others:
+            other.__exit__(None, None, None)
         return p.scheduler.pending, p.scheduler.stats
 
     pending, stats = run_with_pipeline(engine, tiny_models, body, max_batch_wait_ms=150)
@@ -195,3 +201,13 @@ def test_options_validation():
 def test_join_tokens():
     assert join_tokens(["你", "好", "hello", "world", "。"]) == "你好hello world。"
     assert join_tokens(["ok", "2", "个"]) == "ok 2个"
+
+
+def test_a_lone_request_does_not_wait_for_the_batch_window(engine, tiny_models):
+    async def body(p):
+        start = time.perf_counter()
+        await p.recognize(AudioInput(encode(speechlike(1.0))), RecognitionOptions())
+        return time.perf_counter() - start
+
+    # A 2 s window would dominate if a lone request waited for company that never comes.
+    assert run_with_pipeline(engine, tiny_models, body, max_batch_wait_ms=2000) < 1.5

@@ -116,6 +116,7 @@ class RecognitionPipeline:
                 max_wait_s=settings.max_batch_wait_ms / 1000.0,
             ),
             model_name,
+            others_in_flight=self._others_in_flight,
         )
         self.cache = _make_cache(settings, model_name)
         self._identity = f"{model_name}|{engine.identity}"
@@ -135,6 +136,14 @@ class RecognitionPipeline:
         await pipeline.start()
         metrics.MODEL_READY.labels(name).set(1)
         return pipeline
+
+    def _others_in_flight(self, queued_segments: int) -> bool:
+        """More segments may come: more requests are admitted than have segments queued, or streams are open.
+
+        (A long file queues many segments at once, so counting requests against segments errs on
+        the side of waiting, which only costs the batch window.)
+        """
+        return self.admission.items > queued_segments or self.streams.open > 0
 
     @property
     def busy(self) -> bool:

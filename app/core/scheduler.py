@@ -3,7 +3,7 @@
 Segments from all requests in flight queue here; one loop per model forms batches and runs each
 as ONE engine call on the model's worker. A batch closes at ``max_batch_size`` segments, at
 ``max_batch_audio_s`` of padded audio, or ``max_wait_s`` after its oldest segment arrived,
-whichever comes first. The loop dispatches one batch at a time (the model has one thread), so
+whichever comes first - or at once when no other request is on its way. The loop dispatches one batch at a time (the model has one thread), so
 while the model works the queue fills and the next batch forms by itself.
 
 Segments are only batched with segments that share a key (e.g. the same hotwords), because one
@@ -65,8 +65,17 @@ class SchedulerStats:
 
 
 class BatchScheduler(Generic[R]):
-    def __init__(self, run_batch: BatchFn, policy: BatchPolicy, model_name: str = "default"):
+    def __init__(
+        self,
+        run_batch: BatchFn,
+        policy: BatchPolicy,
+        model_name: str = "default",
+        others_in_flight: Callable[[int], bool] | None = None,
+    ):
         self._run_batch = run_batch
+        # Whether requests other than those already queued are on their way here (given the queue
+        # length). When none is, waiting for company is pure latency: a lone request goes at once.
+        self._others_in_flight = others_in_flight or (lambda queued: True)
         self.policy = policy
         self.model_name = model_name
         self._pending: list[_Item] = []
@@ -115,7 +124,11 @@ class BatchScheduler(Generic[R]):
                 continue
             oldest = self._pending[0]
             close_at = oldest.enqueued_at + self.policy.max_wait_s
-            while not self._batch_full(oldest.key) and (wait := close_at - time.monotonic()) > 0:
+            while (
+                not self._batch_full(oldest.key)
+                and self._others_in_flight(len(self._pending))
+                and (wait := close_at - time.monotonic()) > 0
+            ):
                 self._arrived.clear()
                 try:
                     await asyncio.wait_for(self._arrived.wait(), wait)

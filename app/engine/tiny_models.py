@@ -66,9 +66,13 @@ class DemoModelDirs:
 
 def _token_list(vocab: int) -> list[str]:
     chars = list(_DEMO_CHARS)
+    used = set(chars)
+    code_point = 0x4E00
     while len(chars) < vocab - 4:
-        # Large vocabularies: fill with CJK code points, still printable.
-        chars.append(chr(0x4E00 + len(chars)))
+        # Large vocabularies: fill with further CJK characters, each once (FunASR refuses duplicates).
+        if chr(code_point) not in used:
+            chars.append(chr(code_point))
+        code_point += 1
     return ["<blank>", "<s>", "</s>", *chars[: vocab - 4], "<unk>"]
 
 
