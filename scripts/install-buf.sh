@@ -25,24 +25,9 @@ PREFIX="$TOOLS/buf-npm"
 
 mkdir -p "$BIN"
 LOG="$TOOLS/install-buf.log"
-: >"$LOG"
-
-say() { printf 'install-buf: %s\n' "$*"; }
-die() {
-    say "FAILED: $*" >&2
-    if [ -s "$LOG" ]; then
-        say "last lines of $LOG:" >&2
-        tail -n 40 "$LOG" >&2
-    fi
-    exit 1
-}
-# run STEP CMD...: run quietly, keep the output in the log, fail loudly with it.
-run() {
-    local step="$1"
-    shift
-    printf '\n$ %s\n' "$*" >>"$LOG"
-    "$@" >>"$LOG" 2>&1 || die "$step"
-}
+NAME=install-buf
+# shellcheck source=scripts/lib/install-log.sh
+source "$ROOT/scripts/lib/install-log.sh"
 installed_version() { "$BIN/buf" --version 2>/dev/null | head -n 1; }
 
 if [ -x "$BIN/buf" ] && [ "$(installed_version)" = "$BUF_VERSION" ]; then

@@ -164,24 +164,9 @@ zipp==4.1.2
 # --- helpers --------------------------------------------------------------------------------
 mkdir -p "$TOOLS/bin"
 LOG="$TOOLS/install-deploy-tools.log"
-: >"$LOG"
-
-say() { printf 'install-deploy-tools: %s\n' "$*"; }
-die() {
-    say "FAILED: $*" >&2
-    if [ -s "$LOG" ]; then
-        say "last lines of $LOG:" >&2
-        tail -n 40 "$LOG" >&2
-    fi
-    exit 1
-}
-# run STEP CMD...: run quietly, keep the output in the log, fail loudly with it.
-run() {
-    local step="$1"
-    shift
-    printf '\n$ %s\n' "$*" >>"$LOG"
-    "$@" >>"$LOG" 2>&1 || die "$step"
-}
+NAME=install-deploy-tools
+# shellcheck source=scripts/lib/install-log.sh
+source "$ROOT/scripts/lib/install-log.sh"
 # The version a stamp file records (empty when absent).
 stamp_of() { cat "$1" 2>/dev/null || true; }
 

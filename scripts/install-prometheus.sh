@@ -22,24 +22,9 @@ PACKAGE=prometheus
 
 mkdir -p "$BIN"
 LOG="$TOOLS/install-prometheus.log"
-: >"$LOG"
-
-say() { printf 'install-prometheus: %s\n' "$*"; }
-die() {
-    say "FAILED: $*" >&2
-    if [ -s "$LOG" ]; then
-        say "last lines of $LOG:" >&2
-        tail -n 40 "$LOG" >&2
-    fi
-    exit 1
-}
-# run STEP CMD...: run quietly, keep the output in the log, fail loudly with it.
-run() {
-    local step="$1"
-    shift
-    printf '\n$ %s\n' "$*" >>"$LOG"
-    "$@" >>"$LOG" 2>&1 || die "$step"
-}
+NAME=install-prometheus
+# shellcheck source=scripts/lib/install-log.sh
+source "$ROOT/scripts/lib/install-log.sh"
 works() { [ -x "$BIN/promtool" ] && [ -x "$BIN/prometheus" ] &&
     "$BIN/promtool" --version >/dev/null 2>&1 && "$BIN/prometheus" --version >/dev/null 2>&1; }
 version_of() { "$1" --version 2>&1 | sed -n '1s/^[a-z]*, version \([^ ]*\).*/\1/p'; }
