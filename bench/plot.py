@@ -25,6 +25,9 @@ def main(src: str, dst: str) -> None:
     sweeps = result.get("sweep", {})
     overload = result.get("overload")
     rows = len(sweeps) + (1 if overload else 0)
+    if rows == 0:  # e.g. an overhead-only run: nothing to draw
+        print(f"{src}: no sweep or overload data, no plot")
+        return
     fig, axes = plt.subplots(rows, 2, figsize=(10, 3.2 * rows), squeeze=False)
     for row, (name, data) in enumerate(sweeps.items()):
         ax_t, ax_p = axes[row]
