@@ -217,15 +217,19 @@ class RecognitionPipeline:
         offset_ms: int = 0,
     ) -> list[Sentence]:
         """Speech spans (from the VAD unless given) -> batched ASR -> punctuation -> sentences."""
-        _check_deadline(deadline)
+        _check_deadline(deadline, self.model_name)
         if spans is None and self.engine.has_vad:
-            spans = await self.engine.detect_speech(samples, options.max_end_silence_ms)
+            try:
+                spans = await self.engine.detect_speech(samples, options.max_end_silence_ms)
+            except asyncio.CancelledError:  # the caller left (or its deadline passed) before the ASR model
+                metrics.DROPPED_BEFORE_MODEL.labels(self.model_name, "cancelled").inc()
+                raise
         elif spans is None:
             spans = [(0, int(len(samples) * 1000 / TARGET_SAMPLE_RATE_HZ))]
         pieces = list(self._cut(samples, spans))
         if not pieces:
             return []
-        _check_deadline(deadline)
+        _check_deadline(deadline, self.model_name)
         hyps = await _all_or_nothing(self.scheduler.submit(chunk, options.hotwords, deadline) for _, _, chunk in pieces)
         segments = [(offset_ms + start_ms, offset_ms + end_ms, hyp) for (start_ms, end_ms, _), hyp in zip(pieces, hyps, strict=True)]
         marks = None
@@ -256,8 +260,9 @@ def _make_cache(settings: Settings, model_name: str) -> ResultCache | None:
     return None
 
 
-def _check_deadline(deadline: float | None) -> None:
+def _check_deadline(deadline: float | None, model: str) -> None:
     if deadline is not None and time.monotonic() >= deadline:
+        metrics.DROPPED_BEFORE_MODEL.labels(model, "deadline").inc()
         raise DeadlineExpired("the request's deadline passed before recognition could start")
 
 
