@@ -218,8 +218,12 @@ class StreamingSession:
         self._utterance = None
         if speech_end_ms is not None:
             events.append(StreamEvent(EventKind.SPEECH_END, time_ms=speech_end_ms, utterance_index=self.utterance_index))
-        if self.mode is not Mode.OFFLINE:
+        if self.mode is Mode.ONLINE:
             await self._feed_online(events, utt, end, is_final=True)
+        elif self.mode is Mode.TWO_PASS:
+            # The offline model writes this final: flushing the online model would only delay it.
+            # A fresh cache starts the next utterance (no worker call of this stream is running now).
+            self.caches.online = {}
         options = self.config.options
         audio = self._slice(utt.begin, end)
         begin_ms, end_ms = utt.begin // PER_MS, end // PER_MS
