@@ -296,8 +296,6 @@ class PcmStream:
         data = self._carry + data
         usable = len(data) - len(data) % self._frame_bytes
         self._carry = data[usable:]
-        if last and self._carry:
-            raise InvalidAudio(f"the stream ended inside a PCM frame ({len(self._carry)} stray bytes)")
         pcm = np.frombuffer(data[:usable], dtype=self._dtype).reshape(-1, self.channels)
         self.frames_in += len(pcm)
         block = pcm.astype(np.float32)

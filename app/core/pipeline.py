@@ -140,8 +140,9 @@ class RecognitionPipeline:
     def _others_in_flight(self, queued_segments: int) -> bool:
         """More segments may come: more requests are admitted than have segments queued, or streams are open.
 
-        (A long file queues many segments at once, so counting requests against segments errs on
-        the side of waiting, which only costs the batch window.)
+        A long file queues all its segments at once, so they outnumber the requests and the batch
+        goes without waiting - right, since they are already there. The count is a heuristic:
+        when it guesses wrong, a batch waits the window or leaves a little early, nothing worse.
         """
         return self.admission.items > queued_segments or self.streams.open > 0
 

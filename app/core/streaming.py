@@ -139,7 +139,7 @@ class StreamingSession:
         events: list[StreamEvent] = []
         if self.finished:
             return events
-        tail = self.pcm.decode(b"", last=True)
+        tail = self.pcm.flush()  # a trailing partial frame is dropped: the utterance still gets its final
         if len(tail):
             self._buffer = np.concatenate([self._buffer, tail])
         await self._step(events, is_final=True)
