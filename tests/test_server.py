@@ -241,3 +241,21 @@ def test_overload_refusals_carry_a_retry_hint(make_server):
             assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             metadata = dict(err.trailing_metadata())
             assert metadata["grpc-retry-pushback-ms"] == "250" and metadata["x-request-id"]
+
+
+def test_legacy_upload_that_goes_quiet_is_ended(make_server):
+    import time as _time
+
+    srv = make_server(stream_idle_timeout_s=1.0)
+    data = encode(SPEECH)
+
+    def quiet_uploader():
+        yield asr_service_pb2.AudioChunk(data=data[:4000])
+        _time.sleep(2.5)  # longer than the idle timeout
+        yield asr_service_pb2.AudioChunk(data=data[4000:], is_final=True)
+
+    s, channel = legacy_stub(srv.target)
+    with channel:
+        reply = s.StreamRecognize(quiet_uploader(), timeout=30)
+    assert not reply.success and "no audio received" in reply.error_msg
+    assert srv.pipeline.admission.items == 0

@@ -17,15 +17,16 @@ from app.core.service import RecognitionService
 from app.gen import asr_service_pb2, asr_service_pb2_grpc
 from app.transport.errors import status_for
 from app.transport.interceptor import current_facts, current_request_id
-from app.transport.v1_servicer import deadline_of
+from app.transport.v1_servicer import deadline_of, next_message
 
 log = logging.getLogger(__name__)
 
 
 class LegacyAsrServicer(asr_service_pb2_grpc.ASRServiceServicer):
-    def __init__(self, service: RecognitionService, max_upload_bytes: int):
+    def __init__(self, service: RecognitionService, max_upload_bytes: int, idle_timeout_s: float = 30.0):
         self._service = service
         self._max_upload_bytes = max_upload_bytes
+        self._idle_timeout_s = idle_timeout_s
 
     async def Recognize(self, request: asr_service_pb2.AudioRequest, context: grpc.aio.ServicerContext):
         audio = AudioInput(request.audio_data, format_hint=request.format.strip().lower())
@@ -33,7 +34,9 @@ class LegacyAsrServicer(asr_service_pb2_grpc.ASRServiceServicer):
 
     async def StreamRecognize(self, request_iterator, context: grpc.aio.ServicerContext):
         async def chunks():
-            async for chunk in request_iterator:
+            # An uploader that goes quiet must not hold its admission slot until its deadline.
+            messages = aiter(request_iterator)
+            while (chunk := await next_message(messages, self._idle_timeout_s)) is not None:
                 yield chunk.data
                 if chunk.is_final:
                     break

@@ -109,7 +109,7 @@ async def start_server(settings: Settings) -> RunningServer:
     )
     service = RecognitionService()
     asr_pb2_grpc.add_RecognizerServicer_to_server(RecognizerServicer(service, settings.stream_idle_timeout_s), server)
-    asr_service_pb2_grpc.add_ASRServiceServicer_to_server(LegacyAsrServicer(service, settings.legacy_max_upload_bytes), server)
+    asr_service_pb2_grpc.add_ASRServiceServicer_to_server(LegacyAsrServicer(service, settings.legacy_max_upload_bytes, settings.stream_idle_timeout_s), server)
     asr_pb2_grpc.add_AdminServicer_to_server(AdminServicer(service, per_model, default_model, settings.shutdown_grace_s), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
