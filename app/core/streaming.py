@@ -16,7 +16,6 @@ from __future__ import annotations
 import enum
 import logging
 import re
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -113,7 +112,6 @@ class StreamingSession:
         self._utterance: _Utterance | None = None if engine.has_vad else _Utterance(0, 0)
         self.utterance_index = 0
         self.finished = False
-        self.started_at = time.monotonic()
         metrics.STREAMS_OPEN.labels(pipeline.model_name).inc()
         self._closed = False
 

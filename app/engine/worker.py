@@ -8,7 +8,6 @@ stall every RPC. So each model gets exactly one thread, and everything that touc
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -20,29 +19,13 @@ class ModelWorker:
     def __init__(self, name: str):
         self.name = name
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
-        self._thread_id: int | None = None
-        self.busy_seconds = 0.0  # time spent inside model calls, for utilisation metrics
 
-    def call(self, fn: Callable[..., T], *args, **kwargs) -> T:
-        """Run on the worker thread and wait (for start-up code that is not async yet)."""
-        return self._executor.submit(self._run, fn, args, kwargs).result()
+    def call(self, fn: Callable[..., T], *args) -> T:
+        """Run on the worker thread and wait (start-up code that is not async)."""
+        return self._executor.submit(fn, *args).result()
 
-    async def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, fn, args, kwargs)
-
-    def _run(self, fn, args, kwargs):
-        import time
-
-        self._thread_id = threading.get_ident()
-        start = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            self.busy_seconds += time.perf_counter() - start
-
-    def on_worker_thread(self) -> bool:
-        return threading.get_ident() == self._thread_id
+    async def run(self, fn: Callable[..., T], *args) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
