@@ -90,6 +90,12 @@ class Settings:
     )
     device: str = _opt("Inference device: auto (CUDA when available), cpu, cuda or cuda:N.", group="models", default="auto")
     torch_threads: int = _opt("CPU threads for torch inside the worker (0: one per available core).", group="models", default=0)
+    fast_features: bool = _opt(
+        "Compute fbank features with the built-in vectorised Kaldi fbank (about 9x faster than FunASR's fallback; "
+        "same values to 1e-3 dB); false uses FunASR's own. Applies to the whole process.",
+        group="models",
+        default=True,
+    )
 
     # --- server ---
     host: str = _opt("Address the gRPC server listens on.", group="server", default="0.0.0.0")

@@ -25,6 +25,7 @@ import numpy as np
 from funasr import AutoModel
 
 from app.config import Settings
+from app.engine import features
 from app.engine.loader import ModelLoadError, ModelSource, is_disabled, resolve_model_dir, verify_weights
 from app.engine.worker import ModelWorker
 
@@ -148,6 +149,7 @@ class FunasrEngine:
         device = resolve_device(settings.device)
         threads = settings.torch_threads or len(os.sched_getaffinity(0))
         report = LoadReport()
+        features.install(settings.fast_features)
         roles = {"asr": settings.asr_model, "vad": settings.vad_model, "punc": settings.punc_model, "online": settings.online_model}
         if is_disabled(roles["asr"]):
             raise ModelLoadError("an ASR model is required (asr_model is empty)")
