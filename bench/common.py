@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-CLI = str(Path(sys.executable).with_name("paraformer-asr"))
+# The installed entry point, or the module where the package is not installed (a bare GPU machine).
+_SCRIPT = Path(sys.executable).with_name("paraformer-asr")
+CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "app.cli"]
 DEFAULT_MODEL_CACHE = Path.home() / ".cache" / "paraformer-asr" / "bench-models"
 
 
@@ -48,6 +50,12 @@ def machine_info() -> dict:
             versions[name] = getattr(module, "__version__", "?")
         except ImportError:
             versions[name] = None
+    gpu = None
+    with contextlib.suppress(Exception):
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = f"{torch.cuda.get_device_name(0)} ({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)"
     commit, dirty = None, None
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
         commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
@@ -57,6 +65,7 @@ def machine_info() -> dict:
         "nproc": len(os.sched_getaffinity(0)),
         "cpu_model": cpu,
         "memory_gib": mem_gib,
+        "gpu": gpu,
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": versions,
@@ -98,7 +107,7 @@ def ensure_models(kind: str, cache: Path | None = None) -> ModelDirs:
     root = (cache or DEFAULT_MODEL_CACHE) / kind
     dirs = ModelDirs(root / "asr", root / "vad", root / "punc")
     if not all((d / "config.yaml").exists() for d in (dirs.asr, dirs.vad, dirs.punc)):
-        cmd = [CLI, "build-demo-models", str(root)] + (["--large"] if kind == "large" else [])
+        cmd = [*CLI, "build-demo-models", str(root)] + (["--large"] if kind == "large" else [])
         print(f"building {kind} models: {shlex.join(cmd)}", flush=True)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=source_env())
     repair_token_list(dirs.asr / "tokens.json")
@@ -161,6 +170,7 @@ class Server:
     startup_s: float = 0.0
     exit_code: int | None = None
     argv: list[str] = field(default_factory=list)
+    device: str = "cpu"
 
     @property
     def target(self) -> str:
@@ -168,10 +178,10 @@ class Server:
 
     def command(self) -> list[str]:
         argv = [
-            CLI, "serve",
+            *CLI, "serve",
             "--asr-model", str(self.models.asr), "--vad-model", str(self.models.vad), "--punc-model", str(self.models.punc),
             "--allow-random-weights", "--host", "127.0.0.1", "--port", str(self.port),
-            "--metrics-port", str(self.metrics_port), "--device", "cpu", "--log-level", "WARNING", "--log-format", "text",
+            "--metrics-port", str(self.metrics_port), "--device", self.device, "--log-level", "WARNING", "--log-format", "text",
         ]  # fmt: skip
         for flag, value in self.flags.items():
             argv += [f"--{flag.replace('_', '-')}", str(value)]
@@ -179,8 +189,7 @@ class Server:
 
     def display_command(self) -> str:
         """The command with stable placeholders instead of the ports picked at run time."""
-        argv = self.command()
-        argv[0] = "paraformer-asr"
+        argv = ["paraformer-asr", *self.command()[len(CLI) :]]
         for i, arg in enumerate(argv):
             if argv[i - 1] == "--port":
                 argv[i] = "PORT"
@@ -205,7 +214,7 @@ class Server:
         while time.perf_counter() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server {self.name} exited with {self.process.returncode}: {self.log_tail()}")
-            rc = subprocess.run([CLI, "health", "--target", self.target], capture_output=True).returncode
+            rc = subprocess.run([*CLI, "health", "--target", self.target], capture_output=True).returncode
             if rc == 0:
                 self.startup_s = time.perf_counter() - start
                 return self

@@ -106,6 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-batch-wait-ms", type=float, default=5.0)
     p.add_argument("--max-batch-audio-seconds", type=float, default=300.0)
     p.add_argument("--torch-threads", type=int, default=0, help="for every server and the in-process engine (0: one per core)")
+    p.add_argument("--device", default="cpu", help="inference device of every server and the in-process engine: cpu, cuda, cuda:N")
     p.add_argument("--server-flag", action="append", default=[], metavar="NAME=VALUE", help="extra serve flag for both sweep servers, e.g. max-queue-items=512")
     args = p.parse_args(argv)
     preset = args.preset or (args.models if args.models in PRESETS else "tiny")
@@ -129,7 +130,7 @@ def log(*parts) -> None:
 
 
 def serve_supports(flag: str) -> bool:
-    out = subprocess.run([CLI, "serve", "--help"], capture_output=True, text=True, env=source_env()).stdout
+    out = subprocess.run([*CLI, "serve", "--help"], capture_output=True, text=True, env=source_env()).stdout
     return flag in out
 
 
@@ -228,7 +229,7 @@ def engine_settings(args, models, **overrides):
 
     values = dict(
         asr_model=str(models.asr), vad_model=str(models.vad), punc_model=str(models.punc),
-        allow_random_weights=True, device="cpu", torch_threads=args.torch_threads, metrics_port=0, port=0,
+        allow_random_weights=True, device=args.device, torch_threads=args.torch_threads, metrics_port=0, port=0,
         max_batch_size=args.max_batch_size, max_batch_wait_ms=args.max_batch_wait_ms,
         max_batch_audio_seconds=args.max_batch_audio_seconds, model_name="bench",
     )  # fmt: skip
@@ -535,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"command: {result['command']}")
     v = info["versions"]
     log(
-        f"machine: {info['nproc']} CPUs ({info['cpu_model']}), {info['memory_gib']} GiB, load average {info['loadavg_at_start']}, "
+        f"machine: {info['nproc']} CPUs ({info['cpu_model']}), {info['memory_gib']} GiB, GPU {info.get('gpu') or 'none'}, "
+        f"load average {info['loadavg_at_start']}, "
         f"python {info['python']}, torch {v['torch']}, funasr {v['funasr']}, grpc {v['grpc']}, commit {info['git_commit']}"
     )
 
@@ -551,7 +553,10 @@ def main(argv: list[str] | None = None) -> int:
         "max_batch_wait_ms": args.max_batch_wait_ms,
         "max_batch_audio_seconds": args.max_batch_audio_seconds,
     }
-    servers = {"on": Server("on", models, on_flags), "off": Server("off", models, {**common, "max_batch_size": 1})}
+    servers = {
+        "on": Server("on", models, on_flags, device=args.device),
+        "off": Server("off", models, {**common, "max_batch_size": 1}, device=args.device),
+    }
     result["servers"] = {}
     sets = {name: AUDIO_SETS[name]() for name in args.sets.split(",") if name}
     short = sets.get("short") or AUDIO_SETS["short"]()
@@ -591,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
             if not short_sweep:
                 raise SystemExit("overload needs the sweep (for the sustainable rate) or --sustainable-rps")
             sustainable = max(p["requests_per_s"] for p in short_sweep["on"])
-        server = Server("overload", models, {**on_flags, "max_queue_items": args.overload_queue_items})
+        server = Server("overload", models, {**on_flags, "max_queue_items": args.overload_queue_items}, device=args.device)
         try:
             server.start().wait_ready()
             result["servers"]["overload"] = {"command": server.display_command(), "startup_s": round(server.startup_s, 1)}

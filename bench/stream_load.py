@@ -102,6 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stagger-s", type=float, default=1.0, help="streams start spread over this long")
     p.add_argument("--stop-after-failures", type=int, default=2, help="sweep: stop after this many levels in a row that do not keep up")
     p.add_argument("--torch-threads", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="inference device of the server: cpu, cuda, cuda:N")
     p.add_argument("--max-utterance-seconds", type=float, default=60.0)
     p.add_argument("--server-flag", action="append", default=[], metavar="NAME=VALUE", help="extra serve flag, e.g. torch-threads=1")
     p.add_argument("--target", help="use this running server instead of starting one (no CPU/RSS figures)")
@@ -130,7 +131,7 @@ def ensure_stream_models(kind_or_dir: str, cache: Path) -> Path:
     if not all((root / d / "config.yaml").exists() for d in ("asr", "vad", "punc", "online")):
         if kind_or_dir not in PRESETS:
             raise SystemExit(f"{root} lacks asr/ vad/ punc/ online/ models")
-        cmd = [CLI, "build-demo-models", str(root)] + (["--large"] if kind_or_dir == "large" else [])
+        cmd = [*CLI, "build-demo-models", str(root)] + (["--large"] if kind_or_dir == "large" else [])
         log(f"building {kind_or_dir} models: {' '.join(cmd)}")
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=source_env())
     for sub in ("asr", "online"):
@@ -151,7 +152,7 @@ def make_server(args, root: Path) -> Server:
     for item in args.server_flag:
         name, _, value = item.partition("=")
         flags[name.replace("-", "_")] = value
-    return Server(f"stream-{args.label}", model_dirs(root), flags)
+    return Server(f"stream-{args.label}", model_dirs(root), flags, device=args.device)
 
 
 def rss_mb(pid: int) -> float | None:
