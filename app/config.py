@@ -90,6 +90,14 @@ class Settings:
     )
     device: str = _opt("Inference device: auto (CUDA when available), cpu, cuda or cuda:N.", group="models", default="auto")
     torch_threads: int = _opt("CPU threads for torch inside the worker (0: one per available core).", group="models", default=0)
+    vad_processes: int = _opt(
+        "Run whole-recording VAD in this many worker processes, each with its own copy of the VAD model; "
+        "0 runs it on a thread of the server process, -1 picks one process per 4 available cores (1 to 4). "
+        "The VAD's frame-by-frame logic is Python that holds the GIL and otherwise caps a fast (GPU) server "
+        "(docs/benchmarks.md). Each process costs about 300 MB of memory. Streaming VAD always runs in the server process.",
+        group="models",
+        default=-1,
+    )
     fast_features: bool = _opt(
         "Compute fbank features with the built-in vectorised Kaldi fbank (about 9x faster than FunASR's fallback; "
         "same values to 1e-3 dB); false uses FunASR's own. Applies to the whole process.",
@@ -279,6 +287,8 @@ class Settings:
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, not {getattr(self, name)}")
+        if self.vad_processes < -1:
+            raise ConfigError(f"vad_processes must be -1 (auto), 0 (in the server process) or a number of processes, not {self.vad_processes}")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ConfigError("TLS needs both tls_cert_file and tls_key_file")
         if self.tls_client_ca_file and not self.tls_cert_file:
@@ -391,6 +401,7 @@ PER_MODEL_SETTINGS = (
     "model_revision",
     "device",
     "torch_threads",
+    "vad_processes",
     "allow_random_weights",
     "max_batch_size",
     "max_batch_audio_seconds",

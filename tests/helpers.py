@@ -67,6 +67,7 @@ def settings_for(models: DemoModelDirs, **overrides) -> Settings:
         metrics_port=0,
         device="cpu",
         torch_threads=1,
+        vad_processes=0,  # each worker process takes seconds to start; tests/test_vad_pool.py covers them
         shutdown_grace_s=5.0,
         log_format="text",
         model_name="tiny",

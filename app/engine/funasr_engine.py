@@ -27,6 +27,7 @@ from funasr import AutoModel
 from app.config import Settings
 from app.engine import features
 from app.engine.loader import ModelLoadError, ModelSource, is_disabled, resolve_model_dir, verify_weights
+from app.engine.vad_pool import VadProcessPool, detect_speech
 from app.engine.worker import ModelWorker
 
 log = logging.getLogger(__name__)
@@ -130,8 +131,7 @@ class FunasrEngine:
             self._workers["online"] = ModelWorker("online")
         if vad is not None:
             self._workers["vad"] = ModelWorker("vad")
-            # FunASR overwrites vad_opts.max_end_silence_time when a call passes one: remember the
-            # model's own value so a per-request setting never leaks into later requests.
+            # The model's own end-of-speech silence (see vad_pool.detect_speech).
             self._vad_default_end_silence_ms = vad.model.vad_opts.max_end_silence_time
         if punc is not None:
             self._workers["punc"] = ModelWorker("punc")
@@ -139,6 +139,7 @@ class FunasrEngine:
         # Test-only fault injection (issue: "one bad item must not fail its neighbours"): called on
         # the worker thread with the segments of every ASR call; raising fails that call.
         self.fault_hook: Callable[[Sequence[np.ndarray]], None] | None = None
+        self.vad_pool: VadProcessPool | None = None  # whole-recording VAD in processes, when configured
         self.asr_calls = 0  # engine calls made, observable by tests and metrics
 
     # ------------------------------------------------------------------ loading
@@ -198,7 +199,15 @@ class FunasrEngine:
             )
         torch.set_num_threads(threads)
         engine = cls(models["asr"], models["vad"], models["punc"], device, report, online=models["online"])
-        engine.warm_up()
+        vad_processes = settings.vad_processes if settings.vad_processes >= 0 else min(4, max(1, len(os.sched_getaffinity(0)) // 4))
+        if vad_processes and models["vad"] is not None:
+            engine.vad_pool = VadProcessPool(str(report.sources["vad"].path), vad_processes, settings.fast_features)
+            log.info("whole-recording VAD runs in %d worker processes", vad_processes)
+        try:
+            engine.warm_up()
+        except BaseException:
+            engine.close()
+            raise
         return engine
 
     def warm_up(self) -> None:
@@ -209,6 +218,8 @@ class FunasrEngine:
         if self._vad is not None:
             start = time.perf_counter()
             self._workers["vad"].call(self._detect_speech, audio, None)
+            if self.vad_pool is not None:
+                self.vad_pool.warm_up(audio)
             self.report.warmup_seconds["vad"] = time.perf_counter() - start
         start = time.perf_counter()
         hyp = self._workers["asr"].call(self._transcribe, [audio], ())
@@ -256,6 +267,8 @@ class FunasrEngine:
         """Speech segments [(start_ms, end_ms)] of 16 kHz mono audio."""
         if self._vad is None:
             raise RuntimeError("no VAD model loaded")
+        if self.vad_pool is not None:
+            return await self.vad_pool.detect_speech(samples, max_end_silence_ms)
         return await self._workers["vad"].run(self._detect_speech, samples, max_end_silence_ms)
 
     async def transcribe(self, segments: Sequence[np.ndarray], hotwords: tuple[str, ...] = ()) -> list[AsrHypothesis]:
@@ -310,15 +323,7 @@ class FunasrEngine:
         return result[0].get("text", "") if result else ""
 
     def _detect_speech(self, samples: np.ndarray, max_end_silence_ms: int | None) -> list[tuple[int, int]]:
-        opts = self._vad.model.vad_opts
-        kwargs = {}
-        if max_end_silence_ms is None:
-            opts.max_end_silence_time = self._vad_default_end_silence_ms
-        else:
-            kwargs["max_end_silence_time"] = int(max_end_silence_ms)
-        result = self._vad.generate(input=samples, disable_pbar=True, **kwargs)
-        segments = result[0].get("value", []) if result else []
-        return [(int(s), int(e)) for s, e in segments if e > s]
+        return detect_speech(self._vad, self._vad_default_end_silence_ms, samples, max_end_silence_ms)
 
     def _transcribe(self, segments: list[np.ndarray], hotwords: tuple[str, ...]) -> list[AsrHypothesis]:
         if self.fault_hook is not None:
@@ -361,6 +366,8 @@ class FunasrEngine:
 
         for worker in self._workers.values():
             worker.shutdown()
+        if self.vad_pool is not None:
+            self.vad_pool.close()
         self._asr = self._vad = self._punc = self._online = None
         gc.collect()
         if self.device.startswith("cuda"):

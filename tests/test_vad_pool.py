@@ -1,0 +1,102 @@
+"""Whole-recording VAD in worker processes: same spans as on the thread, survives a dead worker, leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from app.config import ConfigError
+from app.engine.funasr_engine import FunasrEngine
+from tests.helpers import settings_for, speechlike, utterances
+
+
+@pytest.fixture(scope="module")
+def pooled_engine(tiny_models):
+    engine = FunasrEngine.load(settings_for(tiny_models, vad_processes=2, online_model="none"))
+    yield engine
+    engine.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_processes_give_the_spans_the_thread_gives(pooled_engine):
+    assert pooled_engine.vad_pool is not None and len(pooled_engine.vad_pool.pids()) == 2
+    recordings = [
+        utterances(("silence", 0.5), ("speech", 1.5), ("silence", 2.0), ("speech", 1.0), ("silence", 0.5)),
+        speechlike(3.0, seed=4),
+        np.zeros(16000, dtype=np.float32),
+    ]
+
+    async def spans(max_end_silence_ms):
+        return await asyncio.gather(*(pooled_engine.detect_speech(r, max_end_silence_ms) for r in recordings))
+
+    for setting in (None, 300, None):  # a per-request setting must not stick to a worker's model
+        pooled = asyncio.run(spans(setting))
+        on_thread = [pooled_engine._detect_speech(r, setting) for r in recordings]
+        assert pooled == on_thread
+    assert len(pooled[0]) == 2 and pooled[2] == []
+
+
+def test_a_killed_worker_fails_one_call_and_the_pool_comes_back(pooled_engine):
+    audio = speechlike(1.0)
+    expected = pooled_engine._detect_speech(audio, None)
+    victim = next(iter(pooled_engine.vad_pool.pids()))
+    os.kill(victim, signal.SIGKILL)
+
+    async def after_the_kill():
+        outcomes = []
+        deadline = time.monotonic() + 30
+        # The pool learns of the death from its management thread; calls meanwhile may still succeed on the other worker.
+        while victim in pooled_engine.vad_pool.pids() and time.monotonic() < deadline:
+            try:
+                outcomes.append(await pooled_engine.detect_speech(audio, None))
+            except RuntimeError as e:
+                outcomes.append(str(e))
+            await asyncio.sleep(0.05)
+        return outcomes, [await pooled_engine.detect_speech(audio, None) for _ in range(3)]
+
+    during, after = asyncio.run(after_the_kill())
+    assert victim not in pooled_engine.vad_pool.pids()
+    assert after == [expected] * 3
+    # Only calls caught in the broken pool fail, with a message that says what happened.
+    assert all(o == expected or "VAD worker process died" in o for o in during)
+    assert sum(o != expected for o in during) <= 2
+
+
+def test_closing_the_engine_ends_its_worker_processes(tiny_models):
+    engine = FunasrEngine.load(settings_for(tiny_models, vad_processes=1, online_model="none"))
+    pids = engine.vad_pool.pids()
+    assert pids and all(_alive(p) for p in pids)
+    engine.close()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids)
+
+
+def test_server_with_vad_in_processes_answers_as_the_threaded_one(server, make_server):
+    from app.client import Client
+
+    pooled = make_server(vad_processes=1)
+    assert pooled.pipeline.engine.vad_pool is not None and server.pipeline.engine.vad_pool is None
+    audio = utterances(("speech", 1.2), ("silence", 1.5), ("speech", 1.0))
+    with Client(pooled.target) as a, Client(server.target) as b:
+        got, reference = a.transcribe(audio, sample_rate_hz=16000), b.transcribe(audio, sample_rate_hz=16000)
+    assert got.text and got.sentences
+    assert [(s.text, s.start_ms, s.end_ms) for s in got.sentences] == [(s.text, s.start_ms, s.end_ms) for s in reference.sentences]
+
+
+def test_vad_processes_setting_is_checked(tiny_models):
+    with pytest.raises(ConfigError, match="vad_processes"):
+        settings_for(tiny_models, vad_processes=-2)
