@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The benchmarks of docs/benchmarks.md on a CUDA machine, sized to finish in about five minutes:
+# batching on vs off with the Paraformer-large-sized random model (unary), then how many
+# real-time streams the same model sustains. Results go to bench/results/gpu-*.json and OUT_DIR.
+#
+#   bash bench/gpu.sh [OUT_DIR]
+#
+# Needs python3 with a CUDA torch and the project's dependencies importable (an installed
+# checkout, or PYTHONPATH). Models are built into MODEL_DIR (default /tmp/paraformer-bench/large).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-bench/results}
+models=${MODEL_DIR:-/tmp/paraformer-bench/large}
+py=${PYTHON:-python3}
+device=${DEVICE:-cuda}
+export PYTHONUNBUFFERED=1
+mkdir -p "$out"
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+$py -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+
+if [ ! -f "$models/online/config.yaml" ]; then
+    $py -m app.cli build-demo-models "$models" --large >/dev/null || exit 1
+fi
+$py -c "import sys; from pathlib import Path; from bench.common import repair_token_list as fix; [fix(Path(sys.argv[1]) / d / 'tokens.json') for d in ('asr', 'online')]" "$models"
+
+# Unary: 2 s utterances at 1, 16 and 64 clients, 5-minute recordings at 8 clients; ON and OFF servers alternate.
+timeout 260 $py -m bench.load --models "$models" --preset large --device "$device" --phases sweep \
+    --concurrency "${CONCURRENCY:-1,16,64}" --long-concurrency 8 --point-seconds 12 --long-point-seconds 20 \
+    --min-requests 16 --max-requests 2000 --long-max-requests 24 --timeout-s 120 \
+    --label gpu-large --plot none
+cp bench/results/gpu-large.json "$out/" 2>/dev/null
+
+# Streaming: real-time streams with the large-sized offline + online models on the GPU.
+timeout 200 $py -m bench.stream_load --models "$models" --preset large --device "$device" --phases sweep \
+    --levels "${STREAM_LEVELS:-8,24,48}" --seconds 20 --stagger-s 2 --stop-after-failures 1 --label gpu-large
+cp bench/results/stream_gpu-large.json "$out/" 2>/dev/null
+nvidia-smi --query-gpu=memory.used --format=csv,noheader
