@@ -100,7 +100,7 @@ class Settings:
     )
     fast_features: bool = _opt(
         "Compute fbank features with the built-in vectorised Kaldi fbank (about 9x faster than FunASR's fallback; "
-        "same values to 1e-3 dB); false uses FunASR's own. Applies to the whole process.",
+        "log-mel values equal to 1e-3); false uses FunASR's own. Applies to the whole process.",
         group="models",
         default=True,
     )

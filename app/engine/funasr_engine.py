@@ -4,7 +4,7 @@ It loads the ASR, VAD and punctuation models through ``funasr.AutoModel`` exactl
 would, refuses weights that did not really load, warms each model up, and exposes three async
 operations that run on each model's own thread (see ``worker.py``):
 
-- ``detect_speech``: VAD segments of a whole recording;
+- ``detect_speech``: VAD segments of a whole recording (in worker processes with ``vad_processes``);
 - ``transcribe``: ONE batched ASR call over many segments (from many requests);
 - ``punctuate``: punctuation marks for a token sequence.
 

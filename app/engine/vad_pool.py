@@ -48,6 +48,8 @@ def _load_in_worker(model_dir: str, fast_features: bool) -> None:
 
     from app.engine import features
 
+    # FunASR set up INFO logging on import; a worker's load messages would repeat the server's.
+    logging.getLogger().setLevel(logging.WARNING)
     torch.set_num_threads(1)  # many processes share the cores: intra-op threads would only contend
     features.install(fast_features)
     _vad = AutoModel(model=model_dir, device="cpu", ncpu=1, disable_update=True, disable_pbar=True, disable_log=True, check_latest=False, hub="ms")
