@@ -7,6 +7,9 @@
 #
 # Needs python3 with a CUDA torch and the project's dependencies importable (an installed
 # checkout, or PYTHONPATH). Models are built into MODEL_DIR (default /tmp/paraformer-bench/large).
+# On a machine with CUDA torch but without network, bring the other dependencies as wheels
+# (pip download --no-deps --python-version ... -d .whl funasr==1.4.16 grpcio==1.85.3 ...), then:
+#   python3 -m pip install --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench/results}
