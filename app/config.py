@@ -94,7 +94,7 @@ class Settings:
         "Run whole-recording VAD in this many worker processes, each with its own copy of the VAD model; "
         "0 runs it on a thread of the server process, -1 picks one process per 4 available cores (1 to 4). "
         "The VAD's frame-by-frame logic is Python that holds the GIL and otherwise caps a fast (GPU) server "
-        "(docs/benchmarks.md). Each process costs about 300 MB of memory. Streaming VAD always runs in the server process.",
+        "(docs/benchmarks.md). Each process costs about 350 MB of private memory (500 MB resident). Streaming VAD always runs in the server process.",
         group="models",
         default=-1,
     )
