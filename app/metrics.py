@@ -16,6 +16,7 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120
 AUDIO_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 RTF_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5)
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
+STREAM_STEP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 QUEUE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 BUILD_INFO = Info(f"{PREFIX}_build", "Version of the server and of the libraries it runs on")
@@ -43,6 +44,12 @@ QUEUE_CAPACITY_AUDIO = Gauge(f"{PREFIX}_queue_capacity_audio_seconds", "Admissio
 QUEUE_AUDIO = Gauge(f"{PREFIX}_queue_audio_seconds", "Audio of requests admitted and not yet answered", ["model"])
 QUEUE_WAIT = Histogram(f"{PREFIX}_batch_queue_wait_seconds", "Time a segment waited for its batch to start", ["model"], buckets=QUEUE_BUCKETS)
 BATCH_SIZE = Histogram(f"{PREFIX}_batch_size", "Segments per engine call", ["model"], buckets=BATCH_BUCKETS)
+STREAM_STEP_BATCH = Histogram(
+    f"{PREFIX}_stream_step_batch_size",
+    "Live streams whose step of the streaming model (role: vad or online) ran in one engine call",
+    ["model", "role"],
+    buckets=STREAM_STEP_BUCKETS,
+)
 BATCH_SECONDS = Histogram(f"{PREFIX}_batch_duration_seconds", "Duration of one batched engine call", ["model"], buckets=LATENCY_BUCKETS)
 DROPPED_BEFORE_MODEL = Counter(
     f"{PREFIX}_dropped_before_model_total",

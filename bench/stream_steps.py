@@ -8,10 +8,12 @@ app/core/streaming.py makes per stream: a VAD step (200 ms of audio, every 200 m
 Paraformer step (600 ms, every 600 ms), the offline re-decode of an utterance (2.5 s) and its
 punctuation. From those it derives the work per second of real-time audio per stream, and the
 number of streams each single-threaded model worker can serve (every model runs on one worker
-thread, one call at a time, and calls of different streams are not batched).
+thread, one call at a time).
 
-Two configurations in the same run: torch intra-op threads = 1 and = all cores (the server's
-default), interleaved. Writes bench/results/stream_steps_<label>.json.
+Two configurations in the same run, interleaved: one stream per engine call (a lone stream), and
+``--streams`` streams per call (what app/core/step_batcher.py forms on a loaded server; the VAD
+network then runs once for all of them). Times are per stream. Writes
+bench/results/stream_steps_<label>.json.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model-cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--reps", type=int, default=0, help="calls per kind and configuration (default: 200 tiny, 20 large)")
     p.add_argument("--label")
+    p.add_argument("--streams", type=int, default=32, help="streams per engine call in the batched configuration")
     p.add_argument("--profile", action="store_true", help="also print the top of a cProfile of the VAD and online steps")
     args = p.parse_args(argv)
     args.label = args.label or args.models
@@ -52,10 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    import torch
 
     from app.config import Settings
-    from app.engine.funasr_engine import DEFAULT_CHUNK_SIZE, FunasrEngine, StreamCaches
+    from app.engine.funasr_engine import FunasrEngine, OnlineStep
+    from app.engine.stream_vad import VadStep
 
     root = ensure_stream_models(args.models, args.model_cache)
     settings = Settings(
@@ -77,26 +80,35 @@ def main(argv=None) -> None:
     step_vad, step_online = 200 * 16, 600 * 16
     utterance = speech[: int(UTTERANCE_S * SAMPLE_RATE_HZ)]
 
-    def vad_calls(n: int) -> list[float]:
-        caches, out, pos = StreamCaches(), [], 0
+    def vad_calls(n: int, streams: int = 1) -> list[float]:
+        """Per-stream time of a VAD step, ``streams`` streams per engine call (each at its own place in the audio)."""
+        caches = [{} for _ in range(streams)]
+        pos = [(k * 7919 * 16) % (len(speech) - step_vad) for k in range(streams)]
+        out = []
         for _ in range(n):
-            chunk = speech[pos : pos + step_vad]
-            pos = (pos + step_vad) % (len(speech) - step_vad)
+            steps = [VadStep(caches[k], speech[pos[k] : pos[k] + step_vad], False, 800) for k in range(streams)]
+            pos = [(p + step_vad) % (len(speech) - step_vad) for p in pos]
             t = time.perf_counter()
-            engine._vad_stream_step(caches, chunk, False, 800)
-            out.append(time.perf_counter() - t)
+            results = engine._vad_stream_steps(steps)
+            out.append((time.perf_counter() - t) / streams)
+            if any(isinstance(r, Exception) for r in results):
+                raise next(r for r in results if isinstance(r, Exception))
         return out
 
-    def online_calls(n: int) -> list[float]:
-        caches, out, pos = StreamCaches(), [], 0
+    def online_calls(n: int, streams: int = 1) -> list[float]:
+        caches = [{} for _ in range(streams)]
+        pos = [(k * 7919 * 16) % (len(speech) - step_online) for k in range(streams)]
+        out = []
         for i in range(n):
             if i and i % 8 == 0:  # a new utterance every 8 steps (4.8 s), as the session does
-                engine._online_step(caches, np.zeros(0, np.float32), True, DEFAULT_CHUNK_SIZE)
-            chunk = speech[pos : pos + step_online]
-            pos = (pos + step_online) % (len(speech) - step_online)
+                engine._online_steps([OnlineStep(c, np.zeros(0, np.float32), True) for c in caches])
+            steps = [OnlineStep(caches[k], speech[pos[k] : pos[k] + step_online], False) for k in range(streams)]
+            pos = [(p + step_online) % (len(speech) - step_online) for p in pos]
             t = time.perf_counter()
-            engine._online_step(caches, chunk, False, DEFAULT_CHUNK_SIZE)
-            out.append(time.perf_counter() - t)
+            results = engine._online_steps(steps)
+            out.append((time.perf_counter() - t) / streams)
+            if any(isinstance(r, Exception) for r in results):
+                raise next(r for r in results if isinstance(r, Exception))
         return out
 
     def offline_calls(n: int) -> list[float]:
@@ -118,7 +130,11 @@ def main(argv=None) -> None:
         return out
 
     kinds = {"vad_step": vad_calls, "online_step": online_calls, "offline_utterance": offline_calls, "punctuation": punc_calls}
-    configs = {"threads_1": 1, f"threads_{cores}": cores}
+    # The server's live streams share engine calls (app/core/step_batcher.py): one stream per
+    # call (a lone stream) against many (the batch a loaded server forms). ASR finals and
+    # punctuation are per utterance here in both. torch threads stay at the server's default:
+    # FunASR's generate() sets them back to the model's ncpu on every call anyway.
+    configs = {"streams_per_call_1": 1, f"streams_per_call_{args.streams}": args.streams}
     samples: dict[str, dict[str, list[float]]] = {c: {k: [] for k in kinds} for c in configs}
     block = max(5, args.reps // 10)
     for fn in kinds.values():
@@ -127,10 +143,9 @@ def main(argv=None) -> None:
     for r in range(0, args.reps, block):
         order = list(configs) if (r // block) % 2 == 0 else list(configs)[::-1]
         for cname in order:
-            torch.set_num_threads(configs[cname])
             for kind, fn in kinds.items():
-                samples[cname][kind] += fn(block)
-    torch.set_num_threads(cores)
+                batched = kind in ("vad_step", "online_step")
+                samples[cname][kind] += fn(block, configs[cname]) if batched else fn(block)
 
     result: dict = {
         "benchmark": "bench/stream_steps.py",
@@ -177,7 +192,7 @@ def main(argv=None) -> None:
     for cname, c in result["configs"].items():
         for kind, s in c["calls_ms"].items():
             rows.append([cname, kind, s["p50_ms"], s["p95_ms"], s["mean_ms"]])
-    print(table(["torch threads", "call", "p50 ms", "p95 ms", "mean ms"], rows))
+    print(table(["streams per call", "call", "p50 ms per stream", "p95 ms", "mean ms"], rows))
     rows = []
     for cname, c in result["configs"].items():
         w, lim = c["worker_ms_per_stream_audio_s"], c["streams_per_worker_limit"]
@@ -197,7 +212,7 @@ def main(argv=None) -> None:
     print(
         table(
             [
-                "torch threads",
+                "streams per call",
                 "vad ms/s",
                 "online ms/s",
                 "asr ms/s",

@@ -239,3 +239,34 @@ def test_wav_upload_is_decoded_incrementally_and_equals_whole_file_decoding():
     upload = FileUpload(10_000_000, limits)
     upload.add(flac)
     assert not upload.incremental and upload.finish().duration_s == pytest.approx(1.0)
+
+
+def test_concurrent_streams_share_model_steps_and_answer_as_if_alone(make_server):
+    srv = make_server()
+    audio = pcm16(TWO_UTTERANCES)
+
+    def answers(responses):
+        """Everything a client sees but the request ids: interims, finals and speech events, in order."""
+        out = []
+        for r in responses:
+            if r.speech_event_type in (BEGIN, END):
+                out.append((r.speech_event_type, r.speech_event_time_ms))
+            for res in r.results:
+                out.append((res.is_final, res.utterance_index, res.alternatives[0].transcript, res.start_time_ms, res.end_time_ms))
+        return out
+
+    alone = answers(run_stream(srv.target, requests(config(interim_results=True), audio)))
+    assert srv.pipeline.vad_steps.largest == 1
+    together: list = [None] * 6
+
+    def one(i):
+        # 10 ms pauses per 100 ms chunk keep the streams side by side, as live streams are.
+        together[i] = answers(run_stream(srv.target, requests(config(interim_results=True), audio, pause=0.01)))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(together))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert srv.pipeline.vad_steps.largest > 1 and srv.pipeline.online_steps.largest > 1
+    assert all(answer == alone for answer in together)

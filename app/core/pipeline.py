@@ -23,8 +23,10 @@ from app.core.audio import TARGET_SAMPLE_RATE_HZ, AudioInput, AudioLimits, Decod
 from app.core.cache import MemoryStore, RedisStore, ResultCache, cache_key
 from app.core.errors import DeadlineExpired, InvalidConfig
 from app.core.scheduler import BatchPolicy, BatchScheduler
+from app.core.step_batcher import StepBatcher
 from app.core.text import Sentence, build_sentences, join_tokens
-from app.engine.funasr_engine import AsrHypothesis, FunasrEngine
+from app.engine.funasr_engine import AsrHypothesis, FunasrEngine, OnlineStep
+from app.engine.stream_vad import VadStep
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,13 @@ class RecognitionPipeline:
             model_name,
             others_in_flight=self._others_in_flight,
         )
+        # The steps of live streams, many streams per engine call (see step_batcher.py).
+        self.vad_steps: StepBatcher[VadStep, list[tuple[int, int]]] | None = None
+        if engine.has_vad:
+            self.vad_steps = StepBatcher(engine.vad_stream_steps, model_name, "vad")
+        self.online_steps: StepBatcher[OnlineStep, str] | None = None
+        if engine.has_online:
+            self.online_steps = StepBatcher(engine.online_steps, model_name, "online")
         self.cache = _make_cache(settings, model_name)
         self._identity = f"{model_name}|{engine.identity}"
         # Decoding is CPU work that must stay off the event loop but must not queue behind the models.
@@ -155,9 +164,15 @@ class RecognitionPipeline:
         a = self.admission
         metrics.init_model_series(self.model_name, a.max_items, a.max_audio_s, self.streams.max_streams)
         self.scheduler.start()
+        for batcher in (self.vad_steps, self.online_steps):
+            if batcher is not None:
+                batcher.start()
 
     async def close(self) -> None:
         await self.scheduler.close()
+        for batcher in (self.vad_steps, self.online_steps):
+            if batcher is not None:
+                await batcher.close()
         if self.cache is not None:
             await self.cache.close()
         self._decoder.shutdown(wait=False, cancel_futures=True)

@@ -27,7 +27,8 @@ from app.core.audio import TARGET_SAMPLE_RATE_HZ, Encoding, PcmStream
 from app.core.errors import InvalidConfig, StreamLimit
 from app.core.pipeline import RecognitionOptions, RecognitionPipeline
 from app.core.text import Word, join_tokens
-from app.engine.funasr_engine import StreamCaches
+from app.engine.funasr_engine import OnlineStep, StreamCaches
+from app.engine.stream_vad import VadStep
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,8 @@ class StreamingSession:
         end = self.total_samples
         if self.engine.has_vad:
             new = self._slice(self._vad_fed, end)
-            spans = await self.engine.vad_stream_step(self.caches, new, is_final, self.config.max_trailing_silence_ms)
+            step = VadStep(self.caches.vad, new, is_final, self.config.max_trailing_silence_ms)
+            spans = await self.pipeline.vad_steps.submit(step)
             self._vad_fed = end
             for begin_ms, end_ms in spans:
                 if begin_ms >= 0 and self._utterance is None:
@@ -195,7 +197,7 @@ class StreamingSession:
         audio = self._slice(utt.online_fed, until)
         if not len(audio) and not is_final:
             return
-        text = await self.engine.online_step(self.caches, audio, is_final, self.chunk_size)
+        text = await self.pipeline.online_steps.submit(OnlineStep(self.caches.online, audio, is_final, self.chunk_size))
         utt.online_fed = until
         if text:
             utt.online_text.append(text)

@@ -1,12 +1,14 @@
 """The FunASR model wrapper: the only module that calls FunASR models.
 
 It loads the ASR, VAD and punctuation models through ``funasr.AutoModel`` exactly as users
-would, refuses weights that did not really load, warms each model up, and exposes three async
+would, refuses weights that did not really load, warms each model up, and exposes async
 operations that run on each model's own thread (see ``worker.py``):
 
 - ``detect_speech``: VAD segments of a whole recording (in worker processes with ``vad_processes``);
 - ``transcribe``: ONE batched ASR call over many segments (from many requests);
-- ``punctuate``: punctuation marks for a token sequence.
+- ``punctuate``: punctuation marks for a token sequence;
+- ``vad_stream_steps`` / ``online_steps``: the streaming models' steps of many live streams, one
+  worker call for all of them (the VAD's network runs once for all: ``stream_vad.py``).
 
 Nothing here knows about gRPC, requests or batching policy.
 """
@@ -25,8 +27,9 @@ import numpy as np
 from funasr import AutoModel
 
 from app.config import Settings
-from app.engine import features
+from app.engine import features, stream_vad
 from app.engine.loader import ModelLoadError, ModelSource, is_disabled, resolve_model_dir, verify_weights
+from app.engine.stream_vad import VadStep
 from app.engine.vad_pool import VadProcessPool, detect_speech
 from app.engine.worker import ModelWorker
 
@@ -47,7 +50,6 @@ class AsrHypothesis:
 
 # FunASR's streaming settings: [look-back, chunk, look-ahead] in 60 ms frames (600 ms steps).
 DEFAULT_CHUNK_SIZE = (0, 10, 5)
-VAD_STEP_MS = 200
 
 
 @dataclass
@@ -56,6 +58,16 @@ class StreamCaches:
 
     vad: dict = field(default_factory=dict)
     online: dict = field(default_factory=dict)
+
+
+@dataclass
+class OnlineStep:
+    """New audio for one stream's online model. ``cache`` is the stream's FunASR cache ({} when new)."""
+
+    cache: dict
+    samples: np.ndarray
+    is_final: bool
+    chunk_size: tuple[int, int, int] = DEFAULT_CHUNK_SIZE
 
 
 @dataclass
@@ -131,6 +143,7 @@ class FunasrEngine:
             self._workers["online"] = ModelWorker("online")
         if vad is not None:
             self._workers["vad"] = ModelWorker("vad")
+            stream_vad.accept_precomputed_scores(vad.model)
             # The model's own end-of-speech silence (see vad_pool.detect_speech).
             self._vad_default_end_silence_ms = vad.model.vad_opts.max_end_silence_time
         if punc is not None:
@@ -230,7 +243,7 @@ class FunasrEngine:
             self.report.warmup_seconds["punc"] = time.perf_counter() - start
         if self._online is not None:
             start = time.perf_counter()
-            self._workers["online"].call(self._online_step, StreamCaches(), audio, True, DEFAULT_CHUNK_SIZE)
+            self._workers["online"].call(self._online_step, OnlineStep({}, audio, True))
             self.report.warmup_seconds["online"] = time.perf_counter() - start
         self.asr_calls = 0
         log.info("warm-up done: %s", {k: round(v, 3) for k, v in self.report.warmup_seconds.items()})
@@ -282,44 +295,58 @@ class FunasrEngine:
         return await self._workers["punc"].run(self._punctuate, list(tokens))
 
     # ------------------------------------------------------------------ streaming
-    async def vad_stream_step(self, caches: StreamCaches, samples: np.ndarray, is_final: bool, max_end_silence_ms: int | None) -> list[tuple[int, int]]:
-        """Feed the streaming VAD; returns events [(begin_ms, end_ms)], -1 where not yet known."""
+    async def vad_stream_steps(self, steps: Sequence[VadStep]) -> list[list[tuple[int, int]] | Exception]:
+        """Feed the streaming VAD of many streams in one worker call (the network runs once for all).
+
+        Per step, its stream's events [(begin_ms, end_ms)] (-1 where not yet known), or its error.
+        """
         if self._vad is None:
             raise RuntimeError("no VAD model loaded")
-        return await self._workers["vad"].run(self._vad_stream_step, caches, samples, is_final, max_end_silence_ms)
+        return await self._workers["vad"].run(self._vad_stream_steps, list(steps))
 
-    async def online_step(self, caches: StreamCaches, samples: np.ndarray, is_final: bool, chunk_size: tuple[int, int, int]) -> str:
-        """Feed the online ASR model; returns the text it decoded from this audio ('' until a chunk fills)."""
+    async def online_steps(self, steps: Sequence[OnlineStep]) -> list[str | Exception]:
+        """Feed the online ASR model of many streams in one worker call.
+
+        Per step, the text the model decoded from its audio ('' until a chunk fills), or its error.
+        FunASR's streaming Paraformer decodes one stream per call, so the steps run one after the
+        other; one worker call for all of them saves a thread hand-off per stream.
+        """
         if self._online is None:
             raise RuntimeError("no online model loaded")
-        return await self._workers["online"].run(self._online_step, caches, samples, is_final, chunk_size)
+        return await self._workers["online"].run(self._online_steps, list(steps))
 
     # ------------------------------------------------------------------ worker-thread bodies
-    def _vad_stream_step(self, caches: StreamCaches, samples, is_final: bool, max_end_silence_ms: int | None):
-        result = self._vad.generate(
-            input=samples,
-            cache=caches.vad,
-            is_final=is_final,
-            chunk_size=VAD_STEP_MS,
-            disable_pbar=True,
-            max_end_silence_time=int(max_end_silence_ms or self._vad_default_end_silence_ms),
-        )
-        if is_final:
-            caches.vad.clear()
-        return [(int(b), int(e)) for b, e in (result[0].get("value") or [])] if result else []
+    def _vad_stream_steps(self, steps: list[VadStep]) -> list[list[tuple[int, int]] | Exception]:
+        for step in steps:
+            if step.max_end_silence_ms is None:
+                step.max_end_silence_ms = self._vad_default_end_silence_ms
+        results = stream_vad.run_steps(self._vad.model, self._vad.kwargs["frontend"], self.device, steps)
+        for step in steps:
+            if step.is_final:
+                step.cache.clear()
+        return results
 
-    def _online_step(self, caches: StreamCaches, samples, is_final: bool, chunk_size) -> str:
+    def _online_steps(self, steps: list[OnlineStep]) -> list[str | Exception]:
+        results: list[str | Exception] = []
+        for step in steps:
+            try:
+                results.append(self._online_step(step))
+            except Exception as error:
+                results.append(error)
+        return results
+
+    def _online_step(self, step: OnlineStep) -> str:
         result = self._online.generate(
-            input=samples,
-            cache=caches.online,
-            is_final=is_final,
-            chunk_size=list(chunk_size),
+            input=step.samples,
+            cache=step.cache,
+            is_final=step.is_final,
+            chunk_size=list(step.chunk_size),
             encoder_chunk_look_back=4,
             decoder_chunk_look_back=1,
             disable_pbar=True,
         )
-        if is_final:
-            caches.online.clear()
+        if step.is_final:
+            step.cache.clear()
         return result[0].get("text", "") if result else ""
 
     def _detect_speech(self, samples: np.ndarray, max_end_silence_ms: int | None) -> list[tuple[int, int]]:
