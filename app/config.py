@@ -94,7 +94,15 @@ class Settings:
         "Run whole-recording VAD in this many worker processes, each with its own copy of the VAD model; "
         "0 runs it on a thread of the server process, -1 picks one process per 4 available cores (1 to 4). "
         "The VAD's frame-by-frame logic is Python that holds the GIL and otherwise caps a fast (GPU) server "
-        "(docs/benchmarks.md). Each process costs about 350 MB of private memory (500 MB resident). Streaming VAD always runs in the server process.",
+        "(docs/benchmarks.md). Each process costs about 350 MB of private memory (500 MB resident). Live streams use stream_processes.",
+        group="models",
+        default=-1,
+    )
+    stream_processes: int = _opt(
+        "Run live streams' streaming VAD and online-model steps in this many worker processes, each with its own copy "
+        "of those two models and the state of the streams assigned to it; 0 runs them on threads of the server process, "
+        "-1 picks one process per 4 available cores (1 to 4). On the server's threads these steps hold its GIL and cap "
+        "the number of real-time streams (docs/benchmarks-streaming.md). A worker that dies ends its streams with an error.",
         group="models",
         default=-1,
     )
@@ -287,8 +295,9 @@ class Settings:
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, not {getattr(self, name)}")
-        if self.vad_processes < -1:
-            raise ConfigError(f"vad_processes must be -1 (auto), 0 (in the server process) or a number of processes, not {self.vad_processes}")
+        for name in ("vad_processes", "stream_processes"):
+            if getattr(self, name) < -1:
+                raise ConfigError(f"{name} must be -1 (auto), 0 (in the server process) or a number of processes, not {getattr(self, name)}")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ConfigError("TLS needs both tls_cert_file and tls_key_file")
         if self.tls_client_ca_file and not self.tls_cert_file:
@@ -402,6 +411,7 @@ PER_MODEL_SETTINGS = (
     "device",
     "torch_threads",
     "vad_processes",
+    "stream_processes",
     "allow_random_weights",
     "max_batch_size",
     "max_batch_audio_seconds",

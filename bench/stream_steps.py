@@ -57,8 +57,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
 
     from app.config import Settings
-    from app.engine.funasr_engine import FunasrEngine, OnlineStep
-    from app.engine.stream_vad import VadStep
+    from app.engine.funasr_engine import FunasrEngine
+    from app.engine.stream_workers import StreamState, StreamStep
 
     root = ensure_stream_models(args.models, args.model_cache)
     settings = Settings(
@@ -69,6 +69,8 @@ def main(argv=None) -> None:
         allow_random_weights=True,
         device="cpu",
         torch_threads=0,
+        vad_processes=0,  # this script times the calls on this thread
+        stream_processes=0,
         metrics_port=0,
         port=0,
         model_name="bench",
@@ -82,11 +84,11 @@ def main(argv=None) -> None:
 
     def vad_calls(n: int, streams: int = 1) -> list[float]:
         """Per-stream time of a VAD step, ``streams`` streams per engine call (each at its own place in the audio)."""
-        caches = [{} for _ in range(streams)]
+        states = [StreamState() for _ in range(streams)]
         pos = [(k * 7919 * 16) % (len(speech) - step_vad) for k in range(streams)]
         out = []
         for _ in range(n):
-            steps = [VadStep(caches[k], speech[pos[k] : pos[k] + step_vad], False, 800) for k in range(streams)]
+            steps = [StreamStep(states[k], speech[pos[k] : pos[k] + step_vad], False, 800) for k in range(streams)]
             pos = [(p + step_vad) % (len(speech) - step_vad) for p in pos]
             t = time.perf_counter()
             results = engine._vad_stream_steps(steps)
@@ -96,13 +98,13 @@ def main(argv=None) -> None:
         return out
 
     def online_calls(n: int, streams: int = 1) -> list[float]:
-        caches = [{} for _ in range(streams)]
+        states = [StreamState() for _ in range(streams)]
         pos = [(k * 7919 * 16) % (len(speech) - step_online) for k in range(streams)]
         out = []
         for i in range(n):
             if i and i % 8 == 0:  # a new utterance every 8 steps (4.8 s), as the session does
-                engine._online_steps([OnlineStep(c, np.zeros(0, np.float32), True) for c in caches])
-            steps = [OnlineStep(caches[k], speech[pos[k] : pos[k] + step_online], False) for k in range(streams)]
+                engine._online_steps([StreamStep(s, np.zeros(0, np.float32), True) for s in states])
+            steps = [StreamStep(states[k], speech[pos[k] : pos[k] + step_online], False) for k in range(streams)]
             pos = [(p + step_online) % (len(speech) - step_online) for p in pos]
             t = time.perf_counter()
             results = engine._online_steps(steps)

@@ -241,8 +241,9 @@ def test_wav_upload_is_decoded_incrementally_and_equals_whole_file_decoding():
     assert not upload.incremental and upload.finish().duration_s == pytest.approx(1.0)
 
 
-def test_concurrent_streams_share_model_steps_and_answer_as_if_alone(make_server):
-    srv = make_server()
+@pytest.mark.parametrize("stream_processes", [0, 1], ids=["threads", "worker-process"])
+def test_concurrent_streams_share_model_steps_and_answer_as_if_alone(make_server, stream_processes):
+    srv = make_server(stream_processes=stream_processes)
     audio = pcm16(TWO_UTTERANCES)
 
     def answers(responses):
@@ -270,3 +271,33 @@ def test_concurrent_streams_share_model_steps_and_answer_as_if_alone(make_server
         t.join(90)
     assert srv.pipeline.vad_steps.largest > 1 and srv.pipeline.online_steps.largest > 1
     assert all(answer == alone for answer in together)
+    if stream_processes:  # every stream's state left its worker when the stream ended
+        assert srv.pipeline.engine.stream_pool.streams_held() == [0]
+
+
+def test_a_dead_stream_worker_ends_its_streams_with_unavailable_and_the_server_goes_on(make_server):
+    import os
+    import signal
+
+    srv = make_server(stream_processes=1)
+    (pid,) = srv.pipeline.engine.stream_pool.pids()
+    started = threading.Event()
+
+    def reqs():
+        yield asr_pb2.StreamingRecognizeRequest(streaming_config=config(interim_results=True))
+        for k in range(100):
+            if k == 5:
+                started.set()
+            time.sleep(0.02)
+            yield asr_pb2.StreamingRecognizeRequest(audio_content=pcm16(speechlike(0.1, seed=k)))
+
+    with grpc.insecure_channel(srv.target) as channel:
+        call = asr_pb2_grpc.RecognizerStub(channel).StreamingRecognize(reqs(), timeout=30)
+        assert started.wait(10)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(grpc.RpcError) as failure:
+            list(call)
+    assert failure.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "start a new stream" in failure.value.details()
+    assert len(finals(run_stream(srv.target, requests(config(), pcm16(TWO_UTTERANCES))))) == 2  # a new worker serves new streams
+    assert srv.pipeline.engine.stream_pool.pids() != [pid]

@@ -25,8 +25,8 @@ from app.core.errors import DeadlineExpired, InvalidConfig
 from app.core.scheduler import BatchPolicy, BatchScheduler
 from app.core.step_batcher import StepBatcher
 from app.core.text import Sentence, build_sentences, join_tokens
-from app.engine.funasr_engine import AsrHypothesis, FunasrEngine, OnlineStep
-from app.engine.stream_vad import VadStep
+from app.engine.funasr_engine import AsrHypothesis, FunasrEngine
+from app.engine.stream_workers import StreamStep
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +121,10 @@ class RecognitionPipeline:
             others_in_flight=self._others_in_flight,
         )
         # The steps of live streams, many streams per engine call (see step_batcher.py).
-        self.vad_steps: StepBatcher[VadStep, list[tuple[int, int]]] | None = None
+        self.vad_steps: StepBatcher[StreamStep, list[tuple[int, int]]] | None = None
         if engine.has_vad:
             self.vad_steps = StepBatcher(engine.vad_stream_steps, model_name, "vad")
-        self.online_steps: StepBatcher[OnlineStep, str] | None = None
+        self.online_steps: StepBatcher[StreamStep, str] | None = None
         if engine.has_online:
             self.online_steps = StepBatcher(engine.online_steps, model_name, "online")
         self.cache = _make_cache(settings, model_name)

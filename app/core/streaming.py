@@ -24,11 +24,10 @@ import numpy as np
 
 from app import metrics
 from app.core.audio import TARGET_SAMPLE_RATE_HZ, Encoding, PcmStream
-from app.core.errors import InvalidConfig, StreamLimit
+from app.core.errors import InvalidConfig, StreamLimit, Unavailable
 from app.core.pipeline import RecognitionOptions, RecognitionPipeline
 from app.core.text import Word, join_tokens
-from app.engine.funasr_engine import OnlineStep, StreamCaches
-from app.engine.stream_vad import VadStep
+from app.engine.stream_workers import StreamLost, StreamState, StreamStep
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +105,7 @@ class StreamingSession:
         self.max_utterance = min(requested, max_utterance_ms) * PER_MS
         self.max_stream_s = max_stream_s
         self.pcm = PcmStream(config.encoding, config.sample_rate_hz, config.channels)
-        self.caches = StreamCaches()
+        self.stream = StreamState()
         self._buffer = np.zeros(0, np.float32)
         self._buffer_start = 0  # absolute index of _buffer[0]
         self._vad_fed = 0  # absolute index up to which the VAD has seen audio
@@ -152,7 +151,7 @@ class StreamingSession:
         if self._closed:
             return
         self._closed = True
-        self.caches = StreamCaches()
+        self.engine.release_stream(self.stream)
         self._buffer = np.zeros(0, np.float32)
         metrics.STREAMS_OPEN.labels(self.pipeline.model_name).dec()
 
@@ -171,8 +170,8 @@ class StreamingSession:
         end = self.total_samples
         if self.engine.has_vad:
             new = self._slice(self._vad_fed, end)
-            step = VadStep(self.caches.vad, new, is_final, self.config.max_trailing_silence_ms)
-            spans = await self.pipeline.vad_steps.submit(step)
+            step = StreamStep(self.stream, new, is_final, max_end_silence_ms=self.config.max_trailing_silence_ms)
+            spans = await self._model_step(self.pipeline.vad_steps, step)
             self._vad_fed = end
             for begin_ms, end_ms in spans:
                 if begin_ms >= 0 and self._utterance is None:
@@ -193,11 +192,18 @@ class StreamingSession:
                 await self._feed_online(events, self._utterance, end, is_final=False)
         self._trim()
 
+    @staticmethod
+    async def _model_step(batcher, step: StreamStep):
+        try:
+            return await batcher.submit(step)
+        except StreamLost as lost:  # a worker process died with this stream's state: retrying the stream can work
+            raise Unavailable(str(lost)) from None
+
     async def _feed_online(self, events: list[StreamEvent], utt: _Utterance, until: int, is_final: bool) -> None:
         audio = self._slice(utt.online_fed, until)
         if not len(audio) and not is_final:
             return
-        text = await self.pipeline.online_steps.submit(OnlineStep(self.caches.online, audio, is_final, self.chunk_size))
+        text = await self._model_step(self.pipeline.online_steps, StreamStep(self.stream, audio, is_final, chunk_size=self.chunk_size))
         utt.online_fed = until
         if text:
             utt.online_text.append(text)
@@ -223,7 +229,7 @@ class StreamingSession:
         elif self.mode is Mode.TWO_PASS:
             # The offline model writes this final: flushing the online model would only delay it.
             # A fresh cache starts the next utterance (no worker call of this stream is running now).
-            self.caches.online = {}
+            self.engine.reset_online(self.stream)
         options = self.config.options
         audio = self._slice(utt.begin, end)
         begin_ms, end_ms = utt.begin // PER_MS, end // PER_MS

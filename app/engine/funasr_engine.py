@@ -8,7 +8,8 @@ operations that run on each model's own thread (see ``worker.py``):
 - ``transcribe``: ONE batched ASR call over many segments (from many requests);
 - ``punctuate``: punctuation marks for a token sequence;
 - ``vad_stream_steps`` / ``online_steps``: the streaming models' steps of many live streams, one
-  worker call for all of them (the VAD's network runs once for all: ``stream_vad.py``).
+  call for all of them (the VAD's network runs once for all: ``stream_steps.py``), on model
+  threads or in worker processes (``stream_workers.py``).
 
 Nothing here knows about gRPC, requests or batching policy.
 """
@@ -27,9 +28,10 @@ import numpy as np
 from funasr import AutoModel
 
 from app.config import Settings
-from app.engine import features, stream_vad
+from app.engine import features
 from app.engine.loader import ModelLoadError, ModelSource, is_disabled, resolve_model_dir, verify_weights
-from app.engine.stream_vad import VadStep
+from app.engine.stream_steps import OnlineStep, VadStep, accept_precomputed_scores, run_online_steps, run_vad_steps
+from app.engine.stream_workers import StreamState, StreamStep, StreamWorkerPool
 from app.engine.vad_pool import VadProcessPool, detect_speech
 from app.engine.worker import ModelWorker
 
@@ -47,27 +49,6 @@ class AsrHypothesis:
     # or they do not line up with the tokens.
     token_times_ms: tuple[tuple[int, int], ...] | None
 
-
-# FunASR's streaming settings: [look-back, chunk, look-ahead] in 60 ms frames (600 ms steps).
-DEFAULT_CHUNK_SIZE = (0, 10, 5)
-
-
-@dataclass
-class StreamCaches:
-    """Per-stream model state. Opaque to callers; only ever touched on the models' worker threads."""
-
-    vad: dict = field(default_factory=dict)
-    online: dict = field(default_factory=dict)
-
-
-@dataclass
-class OnlineStep:
-    """New audio for one stream's online model. ``cache`` is the stream's FunASR cache ({} when new)."""
-
-    cache: dict
-    samples: np.ndarray
-    is_final: bool
-    chunk_size: tuple[int, int, int] = DEFAULT_CHUNK_SIZE
 
 
 @dataclass
@@ -143,7 +124,7 @@ class FunasrEngine:
             self._workers["online"] = ModelWorker("online")
         if vad is not None:
             self._workers["vad"] = ModelWorker("vad")
-            stream_vad.accept_precomputed_scores(vad.model)
+            accept_precomputed_scores(vad.model)
             # The model's own end-of-speech silence (see vad_pool.detect_speech).
             self._vad_default_end_silence_ms = vad.model.vad_opts.max_end_silence_time
         if punc is not None:
@@ -153,6 +134,7 @@ class FunasrEngine:
         # the worker thread with the segments of every ASR call; raising fails that call.
         self.fault_hook: Callable[[Sequence[np.ndarray]], None] | None = None
         self.vad_pool: VadProcessPool | None = None  # whole-recording VAD in processes, when configured
+        self.stream_pool: StreamWorkerPool | None = None  # live streams' VAD and online steps in processes, when configured
         self.asr_calls = 0  # engine calls made, observable by tests and metrics
 
     # ------------------------------------------------------------------ loading
@@ -216,6 +198,16 @@ class FunasrEngine:
         if vad_processes and models["vad"] is not None:
             engine.vad_pool = VadProcessPool(str(report.sources["vad"].path), vad_processes, settings.fast_features)
             log.info("whole-recording VAD runs in %d worker processes", vad_processes)
+        stream_processes = settings.stream_processes if settings.stream_processes >= 0 else min(4, max(1, len(os.sched_getaffinity(0)) // 4))
+        if stream_processes and (models["vad"] is not None or models["online"] is not None):
+            engine.stream_pool = StreamWorkerPool(
+                str(report.sources["vad"].path) if models["vad"] is not None else None,
+                str(report.sources["online"].path) if models["online"] is not None else None,
+                device,
+                stream_processes,
+                settings.fast_features,
+            )
+            log.info("live streams' VAD and online steps run in %d worker processes", stream_processes)
         try:
             engine.warm_up()
         except BaseException:
@@ -234,6 +226,10 @@ class FunasrEngine:
             if self.vad_pool is not None:
                 self.vad_pool.warm_up(audio)
             self.report.warmup_seconds["vad"] = time.perf_counter() - start
+        if self.stream_pool is not None:
+            start = time.perf_counter()
+            self.stream_pool.warm_up(audio)
+            self.report.warmup_seconds["stream_workers"] = time.perf_counter() - start
         start = time.perf_counter()
         hyp = self._workers["asr"].call(self._transcribe, [audio], ())
         self.report.warmup_seconds["asr"] = time.perf_counter() - start
@@ -243,7 +239,7 @@ class FunasrEngine:
             self.report.warmup_seconds["punc"] = time.perf_counter() - start
         if self._online is not None:
             start = time.perf_counter()
-            self._workers["online"].call(self._online_step, OnlineStep({}, audio, True))
+            self._workers["online"].call(run_online_steps, self._online, [OnlineStep({}, audio, True)])
             self.report.warmup_seconds["online"] = time.perf_counter() - start
         self.asr_calls = 0
         log.info("warm-up done: %s", {k: round(v, 3) for k, v in self.report.warmup_seconds.items()})
@@ -295,59 +291,47 @@ class FunasrEngine:
         return await self._workers["punc"].run(self._punctuate, list(tokens))
 
     # ------------------------------------------------------------------ streaming
-    async def vad_stream_steps(self, steps: Sequence[VadStep]) -> list[list[tuple[int, int]] | Exception]:
-        """Feed the streaming VAD of many streams in one worker call (the network runs once for all).
+    async def vad_stream_steps(self, steps: Sequence[StreamStep]) -> list[list[tuple[int, int]] | Exception]:
+        """Feed the streaming VAD of many streams in one call (the network runs once for all).
 
         Per step, its stream's events [(begin_ms, end_ms)] (-1 where not yet known), or its error.
         """
         if self._vad is None:
             raise RuntimeError("no VAD model loaded")
+        if self.stream_pool is not None:
+            return await self.stream_pool.vad_steps(steps)
         return await self._workers["vad"].run(self._vad_stream_steps, list(steps))
 
-    async def online_steps(self, steps: Sequence[OnlineStep]) -> list[str | Exception]:
-        """Feed the online ASR model of many streams in one worker call.
+    async def online_steps(self, steps: Sequence[StreamStep]) -> list[str | Exception]:
+        """Feed the online ASR model of many streams in one call.
 
         Per step, the text the model decoded from its audio ('' until a chunk fills), or its error.
-        FunASR's streaming Paraformer decodes one stream per call, so the steps run one after the
-        other; one worker call for all of them saves a thread hand-off per stream.
         """
         if self._online is None:
             raise RuntimeError("no online model loaded")
+        if self.stream_pool is not None:
+            return await self.stream_pool.online_steps(steps)
         return await self._workers["online"].run(self._online_steps, list(steps))
 
+    def reset_online(self, stream: StreamState) -> None:
+        """The stream's next online step starts a new utterance (no model call of the stream may be running)."""
+        if self.stream_pool is not None:
+            self.stream_pool.reset_online(stream)
+        stream.online = {}
+
+    def release_stream(self, stream: StreamState) -> None:
+        """The stream ended: free its model state, wherever it is."""
+        if self.stream_pool is not None:
+            self.stream_pool.release(stream)
+        stream.vad, stream.online = {}, {}
+
     # ------------------------------------------------------------------ worker-thread bodies
-    def _vad_stream_steps(self, steps: list[VadStep]) -> list[list[tuple[int, int]] | Exception]:
-        for step in steps:
-            if step.max_end_silence_ms is None:
-                step.max_end_silence_ms = self._vad_default_end_silence_ms
-        results = stream_vad.run_steps(self._vad.model, self._vad.kwargs["frontend"], self.device, steps)
-        for step in steps:
-            if step.is_final:
-                step.cache.clear()
-        return results
+    def _vad_stream_steps(self, steps: list[StreamStep]) -> list[list[tuple[int, int]] | Exception]:
+        vad_steps = [VadStep(s.stream.vad, s.samples, s.is_final, s.max_end_silence_ms) for s in steps]
+        return run_vad_steps(self._vad, self._vad_default_end_silence_ms, vad_steps)
 
-    def _online_steps(self, steps: list[OnlineStep]) -> list[str | Exception]:
-        results: list[str | Exception] = []
-        for step in steps:
-            try:
-                results.append(self._online_step(step))
-            except Exception as error:
-                results.append(error)
-        return results
-
-    def _online_step(self, step: OnlineStep) -> str:
-        result = self._online.generate(
-            input=step.samples,
-            cache=step.cache,
-            is_final=step.is_final,
-            chunk_size=list(step.chunk_size),
-            encoder_chunk_look_back=4,
-            decoder_chunk_look_back=1,
-            disable_pbar=True,
-        )
-        if step.is_final:
-            step.cache.clear()
-        return result[0].get("text", "") if result else ""
+    def _online_steps(self, steps: list[StreamStep]) -> list[str | Exception]:
+        return run_online_steps(self._online, [OnlineStep(s.stream.online, s.samples, s.is_final, s.chunk_size) for s in steps])
 
     def _detect_speech(self, samples: np.ndarray, max_end_silence_ms: int | None) -> list[tuple[int, int]]:
         return detect_speech(self._vad, self._vad_default_end_silence_ms, samples, max_end_silence_ms)
@@ -395,6 +379,8 @@ class FunasrEngine:
             worker.shutdown()
         if self.vad_pool is not None:
             self.vad_pool.close()
+        if self.stream_pool is not None:
+            self.stream_pool.close()
         self._asr = self._vad = self._punc = self._online = None
         gc.collect()
         if self.device.startswith("cuda"):

@@ -1,6 +1,11 @@
-"""Streaming FSMN-VAD steps of many streams in one call, the network run once for all of them.
+"""The steps of live streams' models, many streams per call: streaming VAD and online ASR.
 
-FunASR's streaming VAD takes one stream per call (``FsmnVADStreaming.inference`` asserts batch
+Shared by the engine's model threads and the streaming worker processes (``stream_workers.py``).
+
+Online ASR: FunASR's streaming Paraformer keeps per-stream state in nested caches of varying
+shapes; its steps run one after the other (one call for all still saves a hand-off per stream).
+
+Streaming VAD, where the network runs once for all streams: FunASR's streaming VAD takes one stream per call (``FsmnVADStreaming.inference`` asserts batch
 size 1). A step is the frontend (fbank, LFR, CMVN: per stream, it keeps per-stream state), the
 FSMN network (a stack of small matrix products: per-call overhead, nearly free per extra row),
 and FSMN's endpoint state machine (per stream, in Python). Here the frontend and the state machine
@@ -24,6 +29,8 @@ from funasr.utils.load_utils import extract_fbank
 
 log = logging.getLogger(__name__)
 
+# FunASR's streaming settings: [look-back, chunk, look-ahead] in 60 ms frames (600 ms steps).
+DEFAULT_CHUNK_SIZE = (0, 10, 5)
 STEP_MS = 200  # FunASR's chunk_size for streaming VAD: a call's audio is cut into sub-chunks of this
 _PRECOMPUTED = "_paraformer_asr_scores"  # key in a stream's encoder cache: scores of this sub-chunk, already computed
 
@@ -36,6 +43,58 @@ class VadStep:
     samples: np.ndarray
     is_final: bool
     max_end_silence_ms: int | None = None  # None: the model's own
+
+
+@dataclass
+class OnlineStep:
+    """New audio for one stream's online model. ``cache`` is the stream's FunASR cache ({} when new)."""
+
+    cache: dict
+    samples: np.ndarray
+    is_final: bool
+    chunk_size: tuple[int, int, int] = DEFAULT_CHUNK_SIZE
+
+
+def run_online_steps(online, steps: list[OnlineStep]) -> list[str | Exception]:
+    """Feed each stream's online model (a FunASR AutoModel); per stream, the text it decoded ('' until a chunk fills) or its error.
+
+    FunASR's streaming Paraformer decodes one stream per call, so the steps run one after the other.
+    """
+    results: list[str | Exception] = []
+    for step in steps:
+        try:
+            result = online.generate(
+                input=step.samples,
+                cache=step.cache,
+                is_final=step.is_final,
+                chunk_size=list(step.chunk_size),
+                encoder_chunk_look_back=4,
+                decoder_chunk_look_back=1,
+                disable_pbar=True,
+            )
+            results.append(result[0].get("text", "") if result else "")
+        except Exception as error:  # reported to that stream's caller alone
+            results.append(error)
+        if step.is_final:
+            step.cache.clear()
+    return results
+
+
+def run_vad_steps(vad, default_end_silence_ms: int, steps: list[VadStep]) -> list[list[tuple[int, int]] | Exception]:
+    """Feed each stream's streaming VAD (a FunASR AutoModel); per stream, its events [(begin_ms, end_ms)] (-1: not yet) or its error.
+
+    ``default_end_silence_ms`` is the model's own, read at load: FunASR overwrites the model's
+    option with each new stream's setting.
+    """
+    for step in steps:
+        if step.max_end_silence_ms is None:
+            step.max_end_silence_ms = default_end_silence_ms
+    with torch.no_grad():
+        results = _run_steps(vad.model, vad.kwargs["frontend"], vad.kwargs.get("device", "cpu"), steps)
+    for step in steps:
+        if step.is_final:
+            step.cache.clear()
+    return results
 
 
 def accept_precomputed_scores(vad_model) -> None:
@@ -57,12 +116,6 @@ def accept_precomputed_scores(vad_model) -> None:
 
     encoder.forward = forward
     encoder._accepts_precomputed = True
-
-
-def run_steps(vad_model, frontend, device: str, steps: list[VadStep]) -> list[list[tuple[int, int]] | Exception]:
-    """Feed each stream its new audio; per stream, its events [(begin_ms, end_ms)] (-1: not yet) or its error."""
-    with torch.no_grad():
-        return _run_steps(vad_model, frontend, device, steps)
 
 
 @dataclass

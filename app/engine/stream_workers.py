@@ -1,0 +1,230 @@
+"""Live streams' model steps (streaming VAD and online ASR) in worker processes.
+
+On the server's own threads these steps are the GIL's main load: a py-spy profile of a tiny-model
+server at 30 real-time streams, with the steps already batched across streams, had the VAD and
+online threads in 64 % of the samples, and the server fell behind with 1.3 of its 2 cores busy.
+Each worker process loads its own streaming VAD and online model and keeps the model state of
+the streams assigned to it: a stream stays on one worker for life (its caches live there, and
+one process runs its steps in order). The server process keeps the sessions, gRPC, the offline
+re-decode of finals (batched with unary requests) and punctuation.
+
+A worker that dies takes its streams' state with it: their next step fails (the stream ends
+with an error), the worker is restarted, and new streams go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import multiprocessing
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.engine.stream_steps import DEFAULT_CHUNK_SIZE, OnlineStep, VadStep, accept_precomputed_scores, run_online_steps, run_vad_steps
+
+log = logging.getLogger(__name__)
+
+_stream_keys = itertools.count(1)
+
+
+@dataclass(eq=False)
+class StreamState:
+    """One live stream's model state: here (model threads) or, by key, in a worker process."""
+
+    vad: dict = field(default_factory=dict)
+    online: dict = field(default_factory=dict)
+    key: int = field(default_factory=lambda: next(_stream_keys))
+    worker: int | None = None  # index of the worker process holding the state
+    generation: int = 0  # of that worker when assigned: a restarted worker no longer has the state
+
+
+@dataclass
+class StreamStep:
+    """New audio for one stream's VAD (``max_end_silence_ms``) or online model (``chunk_size``)."""
+
+    stream: StreamState
+    samples: np.ndarray
+    is_final: bool
+    max_end_silence_ms: int | None = None  # None: the model's own
+    chunk_size: tuple[int, int, int] = DEFAULT_CHUNK_SIZE
+
+
+class StreamLost(RuntimeError):
+    """The worker process holding this stream's model state died."""
+
+
+# ---------------------------------------------------------------- inside a worker process
+_vad = None
+_vad_default_end_silence_ms = 0
+_online = None
+_states: dict[int, StreamState] = {}
+
+
+def _load_in_worker(vad_dir: str | None, online_dir: str | None, device: str, fast_features: bool) -> None:
+    global _vad, _online, _vad_default_end_silence_ms
+    import torch
+    from funasr import AutoModel
+
+    from app.engine import features
+
+    logging.getLogger().setLevel(logging.WARNING)  # FunASR's INFO load messages would repeat the server's
+    torch.set_num_threads(1)  # one stream's step is small; the processes share the cores
+    features.install(fast_features)
+    common = {"device": device, "ncpu": 1, "disable_update": True, "disable_pbar": True, "disable_log": True, "check_latest": False, "hub": "ms"}
+    if vad_dir:
+        _vad = AutoModel(model=vad_dir, **common)
+        _vad_default_end_silence_ms = _vad.model.vad_opts.max_end_silence_time
+        accept_precomputed_scores(_vad.model)
+    if online_dir:
+        _online = AutoModel(model=online_dir, **common)
+
+
+def _state(key: int) -> StreamState:
+    state = _states.get(key)
+    if state is None:
+        state = _states[key] = StreamState(key=key)
+    return state
+
+
+def _vad_steps_in_worker(steps: list[tuple[int, np.ndarray, bool, int | None]]) -> list:
+    vad_steps = [VadStep(_state(key).vad, samples, final, silence) for key, samples, final, silence in steps]
+    return _picklable(run_vad_steps(_vad, _vad_default_end_silence_ms, vad_steps))
+
+
+def _online_steps_in_worker(steps: list[tuple[int, np.ndarray, bool, tuple[int, int, int]]]) -> list:
+    online_steps = [OnlineStep(_state(key).online, samples, final, chunk) for key, samples, final, chunk in steps]
+    return _picklable(run_online_steps(_online, online_steps))
+
+
+def _reset_online_in_worker(key: int) -> None:
+    if key in _states:
+        _states[key].online = {}
+
+
+def _release_in_worker(key: int) -> None:
+    _states.pop(key, None)
+
+
+def _streams_in_worker() -> int:
+    return len(_states)
+
+
+def _picklable(results: list) -> list:
+    """A step's own exception goes back to the server; not every exception pickles, a RuntimeError does."""
+    return [RuntimeError(f"{type(r).__name__}: {r}") if isinstance(r, Exception) else r for r in results]
+
+
+# ---------------------------------------------------------------- in the server process
+class StreamWorkerPool:
+    """``processes`` worker processes, each with the streaming VAD and/or online model loaded."""
+
+    def __init__(self, vad_dir: str | None, online_dir: str | None, device: str, processes: int, fast_features: bool):
+        self._init_args = (vad_dir, online_dir, device, fast_features)
+        self._workers = [self._start() for _ in range(processes)]
+        self._generations = [0] * processes
+        self._assigned = [0] * processes  # live streams per worker
+
+    def _start(self) -> ProcessPoolExecutor:
+        # spawn, not fork: the server process holds gRPC and torch threads that a fork would copy half-way.
+        return ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_load_in_worker, initargs=self._init_args
+        )
+
+    def warm_up(self, audio: np.ndarray) -> None:
+        """Start every process and run its models once (a pool starts its process lazily)."""
+        vad_dir, online_dir = self._init_args[:2]
+        futures = []
+        for i, worker in enumerate(self._workers):
+            key = -(i + 1)  # warm-up states never collide with a stream's
+            if vad_dir:
+                futures.append(worker.submit(_vad_steps_in_worker, [(key, audio, True, None)]))
+            if online_dir:
+                futures.append(worker.submit(_online_steps_in_worker, [(key, audio, True, DEFAULT_CHUNK_SIZE)]))
+            futures.append(worker.submit(_release_in_worker, key))
+        for future in futures:
+            for result in future.result() or []:
+                if isinstance(result, Exception):
+                    raise result
+
+    async def vad_steps(self, steps: Sequence[StreamStep]) -> list:
+        return await self._run(_vad_steps_in_worker, steps, lambda s: (s.stream.key, s.samples, s.is_final, s.max_end_silence_ms))
+
+    async def online_steps(self, steps: Sequence[StreamStep]) -> list:
+        return await self._run(_online_steps_in_worker, steps, lambda s: (s.stream.key, s.samples, s.is_final, tuple(s.chunk_size)))
+
+    async def _run(self, fn, steps: Sequence[StreamStep], wire) -> list:
+        """One call per worker for the steps of its streams, the workers in parallel; results in input order."""
+        results: list = [None] * len(steps)
+        by_worker: dict[int, list[int]] = {}
+        for i, step in enumerate(steps):
+            stream = step.stream
+            if stream.worker is None:
+                self._assign(stream)
+            if stream.generation != self._generations[stream.worker]:
+                results[i] = StreamLost("the streaming worker process holding this stream's state died; start a new stream")
+                continue
+            by_worker.setdefault(stream.worker, []).append(i)
+        loop = asyncio.get_running_loop()
+
+        async def one(index: int, positions: list[int]) -> None:
+            worker = self._workers[index]
+            try:
+                answers = await loop.run_in_executor(worker, fn, [wire(steps[i]) for i in positions])
+            except BrokenProcessPool:
+                self._restart(index, worker)
+                answers = [StreamLost("the streaming worker process died during this step; start a new stream")] * len(positions)
+            for i, answer in zip(positions, answers, strict=True):
+                results[i] = answer
+
+        await asyncio.gather(*(one(index, positions) for index, positions in by_worker.items()))
+        return results
+
+    def _assign(self, stream: StreamState) -> None:
+        index = min(range(len(self._workers)), key=self._assigned.__getitem__)
+        stream.worker, stream.generation = index, self._generations[index]
+        self._assigned[index] += 1
+
+    def _restart(self, index: int, broken: ProcessPoolExecutor) -> None:
+        if self._workers[index] is not broken:
+            return  # another step already restarted it
+        log.error("streaming worker process %d died; its streams are lost; starting a new one", index)
+        self._generations[index] += 1
+        self._assigned[index] = 0
+        self._workers[index] = self._start()
+        broken.shutdown(wait=False, cancel_futures=True)
+
+    def reset_online(self, stream: StreamState) -> None:
+        """Start the stream's next utterance with a fresh online-model state (ordered before its next step)."""
+        if stream.worker is not None and stream.generation == self._generations[stream.worker]:
+            self._submit_quietly(stream.worker, _reset_online_in_worker, stream.key)
+
+    def release(self, stream: StreamState) -> None:
+        """The stream ended: its worker forgets its state."""
+        if stream.worker is None:
+            return
+        if stream.generation == self._generations[stream.worker]:
+            self._assigned[stream.worker] -= 1
+            self._submit_quietly(stream.worker, _release_in_worker, stream.key)
+        stream.worker = None
+
+    def _submit_quietly(self, index: int, fn, *args) -> None:
+        try:
+            self._workers[index].submit(fn, *args)
+        except (BrokenProcessPool, RuntimeError):  # dying or shut down: the state goes with the process
+            return
+
+    def streams_held(self) -> list[int]:
+        """Stream states each worker holds now (for tests: proves a stream's end frees its state)."""
+        return [worker.submit(_streams_in_worker).result(timeout=30) for worker in self._workers]
+
+    def pids(self) -> list[int]:
+        return [pid for worker in self._workers for pid in (worker._processes or {})]
+
+    def close(self) -> None:
+        for worker in self._workers:
+            worker.shutdown(wait=True, cancel_futures=True)
