@@ -84,6 +84,23 @@ def command_line(module: str | None = None) -> str:
     return shlex.join([*head, *sys.argv[1:]])
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants alive now (the server's worker processes are its children)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
 def machine_busy_seconds() -> float:
     """CPU time the whole machine spent busy (all processes, all cores), from /proc/stat."""
     try:
@@ -233,12 +250,17 @@ class Server:
         return self.exit_code
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process (all its threads) so far."""
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, AttributeError):
+        """User + system CPU time so far of the server process and its live worker processes (VAD, streams)."""
+        if self.process is None:
             return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in process_tree(self.process.pid):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def log_tail(self, lines: int = 20) -> str:
         try:

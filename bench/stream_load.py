@@ -15,7 +15,7 @@ offline + punctuation models, TWO_PASS streams) and measures, each part a --phas
 3. fast: one stream sent as fast as the server takes it: audio seconds per second, with 100 ms
    and 600 ms chunks;
 4. memory: one stream of --memory-hours of speech/silence audio as fast as possible, then one
-   never-ending utterance (continuous speech, cut by --max-utterance-seconds): server VmRSS.
+   never-ending utterance (continuous speech, cut by --max-utterance-seconds): server VmRSS (with its worker processes).
 
 Definitions (also in docs/benchmarks-streaming.md). Chunk k (100 ms) is written at
 t0 + (k+1) * 100 ms, the moment a live source would have it; sent[k] is when write() was called.
@@ -60,6 +60,7 @@ from bench.common import (
     machine_info,
     model_dirs,
     percentiles_ms,
+    process_tree,
     ratio,
     repair_token_list,
     source_env,
@@ -156,13 +157,16 @@ def make_server(args, root: Path) -> Server:
 
 
 def rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+    """VmRSS of the server and its worker processes, summed (a stream's model state lives in a worker)."""
+    total = None
+    for member in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS"):
+                    total = (total or 0.0) + int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return total
 
 
 def machine_busy_s() -> float:
