@@ -163,3 +163,24 @@ def test_a_dead_worker_ends_its_streams_and_is_replaced(tiny_models):
         assert eng.stream_pool.pids() != [pid]
     finally:
         eng.close()
+
+
+def test_with_stream_workers_only_they_hold_the_online_model(pooled_engine):
+    assert pooled_engine._online is None and pooled_engine.has_online
+    assert pooled_engine.report.tensors_verified["online"] > 10  # verified in the worker, as the server would
+
+
+def test_an_online_model_that_does_not_load_fails_the_start_with_the_reason(tiny_models, tmp_path):
+    import shutil
+
+    import torch
+
+    from app.engine.loader import ModelLoadError
+
+    broken = tmp_path / "online"
+    shutil.copytree(tiny_models.online, broken)
+    state = torch.load(broken / "model.pt")
+    del state[next(k for k in state if k.startswith("decoder."))]
+    torch.save(state, broken / "model.pt")
+    with pytest.raises(ModelLoadError, match="1 tensors missing"):
+        FunasrEngine.load(settings_for(tiny_models, online_model=str(broken), stream_processes=1))

@@ -149,7 +149,11 @@ class FunasrEngine:
         roles = {"asr": settings.asr_model, "vad": settings.vad_model, "punc": settings.punc_model, "online": settings.online_model}
         if is_disabled(roles["asr"]):
             raise ModelLoadError("an ASR model is required (asr_model is empty)")
+        cores = len(os.sched_getaffinity(0))
+        vad_processes = settings.vad_processes if settings.vad_processes >= 0 else min(4, max(1, cores // 4))
+        stream_processes = settings.stream_processes if settings.stream_processes >= 0 else min(4, max(1, cores // 4))
         models: dict[str, AutoModel | None] = {}
+        online_dir: str | None = None  # the online model's directory when only stream workers load it
         for role, spec in roles.items():
             if is_disabled(spec):
                 models[role] = None
@@ -165,6 +169,11 @@ class FunasrEngine:
                 allow_random=settings.demo or settings.allow_random_weights,
             )
             report.sources[role] = source
+            if role == "online" and stream_processes:
+                # Only live streams use it, and their steps run in the workers: a copy here would
+                # hold memory (GPU memory, on a GPU) for nothing. The workers load and verify it.
+                models[role], online_dir = None, str(source.path)
+                continue
             start = time.perf_counter()
             try:
                 model = AutoModel(
@@ -194,19 +203,12 @@ class FunasrEngine:
             )
         torch.set_num_threads(threads)
         engine = cls(models["asr"], models["vad"], models["punc"], device, report, online=models["online"])
-        vad_processes = settings.vad_processes if settings.vad_processes >= 0 else min(4, max(1, len(os.sched_getaffinity(0)) // 4))
         if vad_processes and models["vad"] is not None:
             engine.vad_pool = VadProcessPool(str(report.sources["vad"].path), vad_processes, settings.fast_features)
             log.info("whole-recording VAD runs in %d worker processes", vad_processes)
-        stream_processes = settings.stream_processes if settings.stream_processes >= 0 else min(4, max(1, len(os.sched_getaffinity(0)) // 4))
-        if stream_processes and (models["vad"] is not None or models["online"] is not None):
-            engine.stream_pool = StreamWorkerPool(
-                str(report.sources["vad"].path) if models["vad"] is not None else None,
-                str(report.sources["online"].path) if models["online"] is not None else None,
-                device,
-                stream_processes,
-                settings.fast_features,
-            )
+        if stream_processes and (models["vad"] is not None or online_dir is not None):
+            vad_dir = str(report.sources["vad"].path) if models["vad"] is not None else None
+            engine.stream_pool = StreamWorkerPool(vad_dir, online_dir, device, stream_processes, settings.fast_features)
             log.info("live streams' VAD and online steps run in %d worker processes", stream_processes)
         try:
             engine.warm_up()
@@ -228,8 +230,10 @@ class FunasrEngine:
             self.report.warmup_seconds["vad"] = time.perf_counter() - start
         if self.stream_pool is not None:
             start = time.perf_counter()
-            self.stream_pool.warm_up(audio)
+            loaded = self.stream_pool.warm_up(audio)
             self.report.warmup_seconds["stream_workers"] = time.perf_counter() - start
+            if self._online is None and "online" in loaded:  # loaded (and verified) only in the workers
+                self.report.tensors_verified["online"], self.report.load_seconds["online"] = loaded["online"]
         start = time.perf_counter()
         hyp = self._workers["asr"].call(self._transcribe, [audio], ())
         self.report.warmup_seconds["asr"] = time.perf_counter() - start
@@ -265,7 +269,7 @@ class FunasrEngine:
 
     @property
     def has_online(self) -> bool:
-        return self._online is not None
+        return self._online is not None or (self.stream_pool is not None and self.stream_pool.has_online)
 
     @property
     def random_weights(self) -> bool:
@@ -307,10 +311,10 @@ class FunasrEngine:
 
         Per step, the text the model decoded from its audio ('' until a chunk fills), or its error.
         """
+        if self.stream_pool is not None and self.stream_pool.has_online:
+            return await self.stream_pool.online_steps(steps)
         if self._online is None:
             raise RuntimeError("no online model loaded")
-        if self.stream_pool is not None:
-            return await self.stream_pool.online_steps(steps)
         return await self._workers["online"].run(self._online_steps, list(steps))
 
     def reset_online(self, stream: StreamState) -> None:

@@ -18,8 +18,9 @@ import asyncio
 import itertools
 import logging
 import multiprocessing
+import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
@@ -65,23 +66,35 @@ _online = None
 _states: dict[int, StreamState] = {}
 
 
-def _load_in_worker(vad_dir: str | None, online_dir: str | None, device: str, fast_features: bool) -> None:
+def _load_in_worker(vad_dir: str | None, online_dir: str | None, device: str, fast_features: bool) -> dict[str, tuple[int, float]]:
+    """Load (and verify, like the server does) the models; per role, (tensors verified, seconds)."""
     global _vad, _online, _vad_default_end_silence_ms
     import torch
     from funasr import AutoModel
 
     from app.engine import features
+    from app.engine.loader import ModelLoadError, verify_weights
 
     logging.getLogger().setLevel(logging.WARNING)  # FunASR's INFO load messages would repeat the server's
     torch.set_num_threads(1)  # one stream's step is small; the processes share the cores
     features.install(fast_features)
     common = {"device": device, "ncpu": 1, "disable_update": True, "disable_pbar": True, "disable_log": True, "check_latest": False, "hub": "ms"}
-    if vad_dir:
-        _vad = AutoModel(model=vad_dir, **common)
-        _vad_default_end_silence_ms = _vad.model.vad_opts.max_end_silence_time
-        accept_precomputed_scores(_vad.model)
-    if online_dir:
-        _online = AutoModel(model=online_dir, **common)
+    report = {}
+    for role, path in (("vad", vad_dir), ("online", online_dir)):
+        if not path:
+            continue
+        start = time.perf_counter()
+        try:
+            model = AutoModel(model=path, **common)
+        except Exception as e:
+            raise ModelLoadError(f"{role} model in {path} failed to load in a stream worker: {type(e).__name__}: {e}") from None
+        report[role] = (verify_weights(role, model.model, model.kwargs.get("init_param")), time.perf_counter() - start)
+        if role == "vad":
+            _vad, _vad_default_end_silence_ms = model, model.model.vad_opts.max_end_silence_time
+            accept_precomputed_scores(model.model)
+        else:
+            _online = model
+    return report
 
 
 def _state(key: int) -> StreamState:
@@ -125,18 +138,23 @@ class StreamWorkerPool:
 
     def __init__(self, vad_dir: str | None, online_dir: str | None, device: str, processes: int, fast_features: bool):
         self._init_args = (vad_dir, online_dir, device, fast_features)
+        self.has_online = bool(online_dir)
+        self._loading: list[Future] = []
         self._workers = [self._start() for _ in range(processes)]
         self._generations = [0] * processes
         self._assigned = [0] * processes  # live streams per worker
 
     def _start(self) -> ProcessPoolExecutor:
         # spawn, not fork: the server process holds gRPC and torch threads that a fork would copy half-way.
-        return ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_load_in_worker, initargs=self._init_args
-        )
+        worker = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        # The first task, so it runs before any step; a task (not an initializer) so that a model
+        # that fails to load reports why instead of a bare "process pool broken".
+        self._loading.append(worker.submit(_load_in_worker, *self._init_args))
+        return worker
 
-    def warm_up(self, audio: np.ndarray) -> None:
-        """Start every process and run its models once (a pool starts its process lazily)."""
+    def warm_up(self, audio: np.ndarray) -> dict[str, tuple[int, float]]:
+        """Wait for every worker's models, run them once; returns the first worker's load report."""
+        reports = [loading.result() for loading in self._loading]
         vad_dir, online_dir = self._init_args[:2]
         futures = []
         for i, worker in enumerate(self._workers):
@@ -150,6 +168,8 @@ class StreamWorkerPool:
             for result in future.result() or []:
                 if isinstance(result, Exception):
                     raise result
+        self._loading.clear()
+        return reports[0] if reports else {}
 
     async def vad_steps(self, steps: Sequence[StreamStep]) -> list:
         return await self._run(_vad_steps_in_worker, steps, lambda s: (s.stream.key, s.samples, s.is_final, s.max_end_silence_ms))
@@ -196,6 +216,7 @@ class StreamWorkerPool:
         self._generations[index] += 1
         self._assigned[index] = 0
         self._workers[index] = self._start()
+        self._loading.clear()  # nobody waits for a restarted worker's load: its first step does
         broken.shutdown(wait=False, cancel_futures=True)
 
     def reset_online(self, stream: StreamState) -> None:
