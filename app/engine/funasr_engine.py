@@ -50,7 +50,6 @@ class AsrHypothesis:
     token_times_ms: tuple[tuple[int, int], ...] | None
 
 
-
 @dataclass
 class LoadReport:
     """Timings and provenance of a load, for logs and metrics."""
