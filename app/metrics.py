@@ -79,8 +79,9 @@ def init_model_series(model: str, max_items: int, max_audio_s: float, max_stream
 # Not instruments that code updates, but a collector that reads torch.cuda and NVML when
 # Prometheus scrapes. It reports only the GPUs that this process has put to work:
 #
-#   paraformer_asr_gpu_memory_allocated_bytes{device}  memory held by live tensors (torch.cuda)
-#   paraformer_asr_gpu_memory_reserved_bytes{device}   memory held by torch's caching allocator
+#   paraformer_asr_gpu_memory_allocated_bytes{device}  memory held by live tensors (torch.cuda),
+#                                                      the server's and its stream workers'
+#   paraformer_asr_gpu_memory_reserved_bytes{device}   memory held by torch's caching allocator (same)
 #   paraformer_asr_gpu_memory_total_bytes{device}      the device's memory size
 #   paraformer_asr_gpu_utilization_ratio{device}       busy fraction over NVML's last sample
 #                                                      period (0..1); only with nvidia-ml-py
@@ -97,6 +98,7 @@ import contextlib as _contextlib  # noqa: E402  (kept with the section that uses
 import logging as _logging  # noqa: E402
 import sys as _sys  # noqa: E402
 import threading as _threading  # noqa: E402
+from collections.abc import Callable as _Callable  # noqa: E402
 from collections.abc import Iterator as _Iterator  # noqa: E402
 
 from prometheus_client import REGISTRY as _REGISTRY  # noqa: E402
@@ -122,6 +124,18 @@ class GpuCollector(_Collector):
         self._nvml_tried = False
         self._nvml_handles: dict[str, object] = {}  # uuid -> handle
         self._warned: set[str] = set()
+        # Worker processes' memory on the GPUs (live streams' workers hold their own online model):
+        # owner -> callable returning {device: (allocated, reserved)} as last reported by its workers.
+        self._worker_memory: dict[object, _Callable[[], dict[str, tuple[float, float]]]] = {}
+
+    def add_worker_memory(self, owner: object, read: _Callable[[], dict[str, tuple[float, float]]]) -> None:
+        """Count the GPU memory that ``owner``'s worker processes report in the memory gauges."""
+        with self._lock:
+            self._worker_memory[owner] = read
+
+    def remove_worker_memory(self, owner: object) -> None:
+        with self._lock:
+            self._worker_memory.pop(owner, None)
 
     def _families(self) -> tuple[_GaugeMetricFamily, ...]:
         return (
@@ -161,11 +175,20 @@ class GpuCollector(_Collector):
         cuda = self._torch_cuda()
         if cuda is None:
             return families
+        with self._lock:
+            readers = list(self._worker_memory.values())
+        in_workers: dict[str, list[float]] = {}
+        for read in readers:
+            for device, (worker_allocated, worker_reserved) in read().items():
+                totals = in_workers.setdefault(device, [0.0, 0.0])
+                totals[0] += worker_allocated
+                totals[1] += worker_reserved
         for index in range(cuda.device_count()):
             device = f"cuda:{index}"
             props = cuda.get_device_properties(index)
-            allocated.add_metric([device], float(cuda.memory_allocated(index)))
-            reserved.add_metric([device], float(cuda.memory_reserved(index)))
+            workers_allocated, workers_reserved = in_workers.get(device, (0.0, 0.0))
+            allocated.add_metric([device], float(cuda.memory_allocated(index)) + workers_allocated)
+            reserved.add_metric([device], float(cuda.memory_reserved(index)) + workers_reserved)
             total.add_metric([device], float(props.total_memory))
             ratio = self._utilization(getattr(props, "uuid", None))
             if ratio is not None:

@@ -265,6 +265,20 @@ def test_gpu_collector_reports_memory_and_maps_nvml_utilization_by_uuid(monkeypa
     assert values[("paraformer_asr_gpu_utilization_ratio", "cuda:1")] == pytest.approx(0.90)
 
 
+def test_gpu_collector_adds_what_worker_processes_report(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=FakeCuda(devices=2)))
+    collector = metrics.GpuCollector()
+    owner = object()
+    collector.add_worker_memory(owner, lambda: {"cuda:1": (500.0, 700.0)})
+    collector.add_worker_memory(object(), lambda: {"cuda:1": (5.0, 7.0), "cuda:0": (1.0, 1.0)})
+    values = samples_of(collector.collect())
+    assert values[("paraformer_asr_gpu_memory_allocated_bytes", "cuda:1")] == 2_000_000 + 505
+    assert values[("paraformer_asr_gpu_memory_reserved_bytes", "cuda:1")] == 4_000_000 + 707
+    assert values[("paraformer_asr_gpu_memory_allocated_bytes", "cuda:0")] == 1_000_001
+    collector.remove_worker_memory(owner)
+    assert samples_of(collector.collect())[("paraformer_asr_gpu_memory_allocated_bytes", "cuda:1")] == 2_000_005
+
+
 def test_gpu_collector_without_nvml_reports_memory_only(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=FakeCuda(devices=1)))
     monkeypatch.setitem(sys.modules, "pynvml", None)  # `import pynvml` raises ImportError
@@ -506,6 +520,23 @@ def drive_traffic(target: str, wave: int, request_ids: list[str]) -> None:
             codes = list(pool.map(one, range(CONCURRENT)))
         assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
         assert codes.count(grpc.StatusCode.OK) >= 2 and grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
+
+        # Two live streams side by side: their streaming-model steps go through the step batchers.
+        pcm = (SPEECH * 32767).astype("<i2").tobytes()
+
+        def stream(_: int) -> list:
+            def requests():
+                config = asr_pb2.RecognitionConfig(encoding=asr_pb2.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=16000)
+                yield asr_pb2.StreamingRecognizeRequest(streaming_config=asr_pb2.StreamingRecognitionConfig(config=config, interim_results=True))
+                for i in range(0, len(pcm), 3200):
+                    time.sleep(0.005)
+                    yield asr_pb2.StreamingRecognizeRequest(audio_content=pcm[i : i + 3200])
+
+            return list(v1.StreamingRecognize(requests(), timeout=60))
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            streams = list(pool.map(stream, range(2)))
+        assert all(any(r.results and r.results[0].is_final for r in responses) for responses in streams)
 
         reply = legacy.Recognize(asr_service_pb2.AudioRequest(audio_data=encode(SPEECH), format="wav"), timeout=60)
         assert reply.success

@@ -142,6 +142,7 @@ def test_worker_processes_hold_each_stream_until_it_ends(pooled_engine):
     for state in states:
         pooled_engine.release_stream(state)
     assert pool.streams_held() == before
+    assert pooled_engine.worker_gpu_memory() == {}  # the workers report no GPU memory on this CPU machine
 
 
 def test_a_dead_worker_ends_its_streams_and_is_replaced(tiny_models):

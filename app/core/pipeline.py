@@ -163,12 +163,14 @@ class RecognitionPipeline:
     async def start(self) -> None:
         a = self.admission
         metrics.init_model_series(self.model_name, a.max_items, a.max_audio_s, self.streams.max_streams)
+        metrics.GPU_COLLECTOR.add_worker_memory(self, self.engine.worker_gpu_memory)
         self.scheduler.start()
         for batcher in (self.vad_steps, self.online_steps):
             if batcher is not None:
                 batcher.start()
 
     async def close(self) -> None:
+        metrics.GPU_COLLECTOR.remove_worker_memory(self)
         await self.scheduler.close()
         for batcher in (self.vad_steps, self.online_steps):
             if batcher is not None:

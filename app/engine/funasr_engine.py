@@ -322,6 +322,10 @@ class FunasrEngine:
             self.stream_pool.reset_online(stream)
         stream.online = {}
 
+    def worker_gpu_memory(self) -> dict[str, tuple[float, float]]:
+        """GPU memory held by the stream worker processes, {device: (allocated, reserved)}."""
+        return self.stream_pool.gpu_memory() if self.stream_pool is not None else {}
+
     def release_stream(self, stream: StreamState) -> None:
         """The stream ended: free its model state, wherever it is."""
         if self.stream_pool is not None:

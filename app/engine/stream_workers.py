@@ -104,14 +104,23 @@ def _state(key: int) -> StreamState:
     return state
 
 
-def _vad_steps_in_worker(steps: list[tuple[int, np.ndarray, bool, int | None]]) -> list:
+def _vad_steps_in_worker(steps: list[tuple[int, np.ndarray, bool, int | None]]) -> tuple[list, dict]:
     vad_steps = [VadStep(_state(key).vad, samples, final, silence) for key, samples, final, silence in steps]
-    return _picklable(run_vad_steps(_vad, _vad_default_end_silence_ms, vad_steps))
+    return _picklable(run_vad_steps(_vad, _vad_default_end_silence_ms, vad_steps)), _gpu_memory()
 
 
-def _online_steps_in_worker(steps: list[tuple[int, np.ndarray, bool, tuple[int, int, int]]]) -> list:
+def _online_steps_in_worker(steps: list[tuple[int, np.ndarray, bool, tuple[int, int, int]]]) -> tuple[list, dict]:
     online_steps = [OnlineStep(_state(key).online, samples, final, chunk) for key, samples, final, chunk in steps]
-    return _picklable(run_online_steps(_online, online_steps))
+    return _picklable(run_online_steps(_online, online_steps)), _gpu_memory()
+
+
+def _gpu_memory() -> dict[str, tuple[float, float]]:
+    """This worker's GPU memory, {device: (allocated, reserved)}; {} while it has not used CUDA (on a CPU)."""
+    import torch
+
+    if not torch.cuda.is_initialized():
+        return {}
+    return {f"cuda:{i}": (float(torch.cuda.memory_allocated(i)), float(torch.cuda.memory_reserved(i))) for i in range(torch.cuda.device_count())}
 
 
 def _reset_online_in_worker(key: int) -> None:
@@ -143,6 +152,7 @@ class StreamWorkerPool:
         self._workers = [self._start() for _ in range(processes)]
         self._generations = [0] * processes
         self._assigned = [0] * processes  # live streams per worker
+        self._gpu_memory: list[dict[str, tuple[float, float]]] = [{} for _ in range(processes)]  # as last reported
 
     def _start(self) -> ProcessPoolExecutor:
         # spawn, not fork: the server process holds gRPC and torch threads that a fork would copy half-way.
@@ -165,7 +175,8 @@ class StreamWorkerPool:
                 futures.append(worker.submit(_online_steps_in_worker, [(key, audio, True, DEFAULT_CHUNK_SIZE)]))
             futures.append(worker.submit(_release_in_worker, key))
         for future in futures:
-            for result in future.result() or []:
+            answer = future.result()
+            for result in answer[0] if isinstance(answer, tuple) else []:
                 if isinstance(result, Exception):
                     raise result
         self._loading.clear()
@@ -194,7 +205,7 @@ class StreamWorkerPool:
         async def one(index: int, positions: list[int]) -> None:
             worker = self._workers[index]
             try:
-                answers = await loop.run_in_executor(worker, fn, [wire(steps[i]) for i in positions])
+                answers, self._gpu_memory[index] = await loop.run_in_executor(worker, fn, [wire(steps[i]) for i in positions])
             except BrokenProcessPool:
                 self._restart(index, worker)
                 answers = [StreamLost("the streaming worker process died during this step; start a new stream")] * len(positions)
@@ -215,6 +226,7 @@ class StreamWorkerPool:
         log.error("streaming worker process %d died; its streams are lost; starting a new one", index)
         self._generations[index] += 1
         self._assigned[index] = 0
+        self._gpu_memory[index] = {}
         self._workers[index] = self._start()
         self._loading.clear()  # nobody waits for a restarted worker's load: its first step does
         broken.shutdown(wait=False, cancel_futures=True)
@@ -238,6 +250,15 @@ class StreamWorkerPool:
             self._workers[index].submit(fn, *args)
         except (BrokenProcessPool, RuntimeError):  # dying or shut down: the state goes with the process
             return
+
+    def gpu_memory(self) -> dict[str, tuple[float, float]]:
+        """The workers' GPU memory as they last reported it (with each step call), summed per device."""
+        total: dict[str, tuple[float, float]] = {}
+        for report in list(self._gpu_memory):
+            for device, (allocated, reserved) in report.items():
+                a, r = total.get(device, (0.0, 0.0))
+                total[device] = (a + allocated, r + reserved)
+        return total
 
     def streams_held(self) -> list[int]:
         """Stream states each worker holds now (for tests: proves a stream's end frees its state)."""
