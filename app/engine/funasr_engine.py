@@ -233,6 +233,14 @@ class FunasrEngine:
             self.report.warmup_seconds["stream_workers"] = time.perf_counter() - start
             if self._online is None and "online" in loaded:  # loaded (and verified) only in the workers
                 self.report.tensors_verified["online"], self.report.load_seconds["online"] = loaded["online"]
+                source = self.report.sources["online"]
+                log.info(
+                    "loaded online model from %s in the stream workers in %.2f s (%d tensors verified)%s",
+                    source.path,
+                    self.report.load_seconds["online"],
+                    self.report.tensors_verified["online"],
+                    " -- RANDOM WEIGHTS, DEMO ONLY" if source.random_weights else "",
+                )
         start = time.perf_counter()
         hyp = self._workers["asr"].call(self._transcribe, [audio], ())
         self.report.warmup_seconds["asr"] = time.perf_counter() - start
