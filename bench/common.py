@@ -201,7 +201,11 @@ class Server:
             "--metrics-port", str(self.metrics_port), "--device", self.device, "--log-level", "WARNING", "--log-format", "text",
         ]  # fmt: skip
         for flag, value in self.flags.items():
-            argv += [f"--{flag.replace('_', '-')}", str(value)]
+            name = flag.replace("_", "-")
+            if str(value).lower() in ("true", "false"):  # a switch: --name / --no-name
+                argv.append(f"--{name}" if str(value).lower() == "true" else f"--no-{name}")
+            else:
+                argv += [f"--{name}", str(value)]
         return argv
 
     def display_command(self) -> str:
