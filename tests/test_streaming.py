@@ -40,6 +40,16 @@ def requests(cfg, audio: bytes, chunk_bytes: int = 3200, pause: float = 0.0, fir
         yield asr_pb2.StreamingRecognizeRequest(audio_content=audio[i : i + chunk_bytes])
 
 
+def live_requests(started: threading.Event, chunks: int, started_after: int, pause: float):
+    """A live stream of 100 ms chunks with interim results; ``started`` is set once ``started_after`` chunks are out."""
+    yield asr_pb2.StreamingRecognizeRequest(streaming_config=config(interim_results=True))
+    for k in range(chunks):
+        if k == started_after:
+            started.set()
+        time.sleep(pause)
+        yield asr_pb2.StreamingRecognizeRequest(audio_content=pcm16(speechlike(0.1, seed=k)))
+
+
 def run_stream(target, reqs, timeout=60):
     with grpc.insecure_channel(target) as channel:
         return list(asr_pb2_grpc.RecognizerStub(channel).StreamingRecognize(reqs, timeout=timeout))
@@ -191,15 +201,7 @@ def test_cancelled_streams_leak_nothing(server):
         for i in range(30):
             started = threading.Event()
 
-            def reqs(started=started):
-                yield asr_pb2.StreamingRecognizeRequest(streaming_config=config(interim_results=True))
-                for k in range(40):
-                    if k == 3:
-                        started.set()
-                    time.sleep(0.01)
-                    yield asr_pb2.StreamingRecognizeRequest(audio_content=pcm16(speechlike(0.1, seed=k)))
-
-            call = stub.StreamingRecognize(reqs(), timeout=30)
+            call = stub.StreamingRecognize(live_requests(started, chunks=40, started_after=3, pause=0.01), timeout=30)
             started.wait(5)
             if i % 2:
                 next(call, None)  # cancel after the first response too
@@ -282,17 +284,8 @@ def test_a_dead_stream_worker_ends_its_streams_with_unavailable_and_the_server_g
     srv = make_server(stream_processes=1)
     (pid,) = srv.pipeline.engine.stream_pool.pids()
     started = threading.Event()
-
-    def reqs():
-        yield asr_pb2.StreamingRecognizeRequest(streaming_config=config(interim_results=True))
-        for k in range(100):
-            if k == 5:
-                started.set()
-            time.sleep(0.02)
-            yield asr_pb2.StreamingRecognizeRequest(audio_content=pcm16(speechlike(0.1, seed=k)))
-
     with grpc.insecure_channel(srv.target) as channel:
-        call = asr_pb2_grpc.RecognizerStub(channel).StreamingRecognize(reqs(), timeout=30)
+        call = asr_pb2_grpc.RecognizerStub(channel).StreamingRecognize(live_requests(started, chunks=100, started_after=5, pause=0.02), timeout=30)
         assert started.wait(10)
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(grpc.RpcError) as failure:

@@ -89,11 +89,8 @@ class BatchScheduler(Generic[R]):
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.model_name}")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         for item in self._pending:
             if not item.future.done():
                 item.future.cancel()
@@ -221,6 +218,14 @@ class BatchScheduler(Generic[R]):
             metrics.BATCH_SECONDS.labels(self.model_name).observe(time.perf_counter() - start)
         for item, result in zip(batch, results, strict=True):
             _settle(item, result=result)
+
+
+async def cancel_and_wait(task: asyncio.Task | None) -> None:
+    """Stop a batching loop's task and wait until it has stopped."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _settle(item: _Item, *, result=None, error: BaseException | None = None) -> None:

@@ -14,12 +14,12 @@ stream never has two steps queued, and a failed step fails only its own stream.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from app import metrics
+from app.core.scheduler import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,8 @@ class StepBatcher(Generic[S, R]):
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"{self.role}-steps-{self.model_name}")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         for _, future in self._pending:
             future.cancel()
         self._pending.clear()
