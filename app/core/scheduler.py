@@ -3,8 +3,9 @@
 Segments from all requests in flight queue here; one loop per model forms batches and runs each
 as ONE engine call on the model's worker. A batch closes at ``max_batch_size`` segments, at
 ``max_batch_audio_s`` of padded audio, or ``max_wait_s`` after its oldest segment arrived,
-whichever comes first - or at once when no other request is on its way. The loop dispatches one batch at a time (the model has one thread), so
-while the model works the queue fills and the next batch forms by itself.
+whichever comes first - or at once when no other request is on its way. The loop dispatches
+one batch at a time (the model has one thread), so while the model works the queue fills and the
+next batch forms by itself.
 
 Segments are only batched with segments that share a key (e.g. the same hotwords), because one
 engine call takes one set of options.

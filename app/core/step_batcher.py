@@ -7,8 +7,9 @@ and the next call takes all of them at once. There is no waiting window: a lone 
 goes at once, and under load the batch forms by itself while the previous one runs, so batching
 adds no latency.
 
-Unlike the ASR scheduler, the steps are stateful (each carries its stream's model cache), so a
-stream never has two steps queued, and a failed step fails only its own stream.
+Unlike the ASR scheduler's segments, the steps are stateful (each carries its stream's model
+state), so a caller must never queue two steps of one stream (a session awaits each of its steps),
+and a failed step fails only its own stream.
 """
 
 from __future__ import annotations
