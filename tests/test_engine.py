@@ -115,3 +115,15 @@ def test_cuda_request_without_cuda_is_refused(tiny_models):
         pytest.skip("this machine has CUDA")
     with pytest.raises(ModelLoadError, match="CUDA is not available"):
         FunasrEngine.load(settings_for(tiny_models, device="cuda:0"))
+
+
+def test_loaded_models_are_kept_out_of_the_cyclic_gc_until_the_engine_closes(tiny_models):
+    import gc
+    import weakref
+
+    eng = FunasrEngine.load(settings_for(tiny_models, vad_model="none", punc_model="none", online_model="none"))
+    asr = weakref.ref(eng._asr)
+    assert gc.get_freeze_count() > 10_000  # the models (and all else alive) skip full collections
+    eng.close()
+    assert gc.get_freeze_count() == 0  # thawed, so the model's reference cycles could be freed
+    assert asr() is None

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from app import metrics
 from app.core.errors import InvalidConfig, Unavailable
 from app.core.pipeline import RecognitionPipeline
+from app.engine.heap import freeze_loaded
 
 log = logging.getLogger(__name__)
 
@@ -110,3 +111,5 @@ class RecognitionService:
         if old.model_name not in self._pipelines:
             metrics.MODEL_READY.labels(old.model_name).set(0)
         log.info("old version of model %s closed and freed", old.model_name)
+        del old
+        freeze_loaded()  # the models that serve now, without the old version's leftovers (heap.py)

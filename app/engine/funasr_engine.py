@@ -16,6 +16,7 @@ Nothing here knows about gRPC, requests or batching policy.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -29,6 +30,7 @@ from funasr import AutoModel
 
 from app.config import Settings
 from app.engine import features
+from app.engine.heap import freeze_loaded, thaw
 from app.engine.loader import ModelLoadError, ModelSource, is_disabled, resolve_model_dir, verify_weights
 from app.engine.stream_steps import OnlineStep, VadStep, accept_precomputed_scores, run_online_steps, run_vad_steps
 from app.engine.stream_workers import StreamState, StreamStep, StreamWorkerPool
@@ -214,6 +216,7 @@ class FunasrEngine:
         except BaseException:
             engine.close()
             raise
+        freeze_loaded()
         return engine
 
     def warm_up(self) -> None:
@@ -386,8 +389,6 @@ class FunasrEngine:
 
     def close(self) -> None:
         """Stop the workers and let go of the models, returning their memory (GPU memory included)."""
-        import gc
-
         import torch
 
         for worker in self._workers.values():
@@ -397,6 +398,7 @@ class FunasrEngine:
         if self.stream_pool is not None:
             self.stream_pool.close()
         self._asr = self._vad = self._punc = self._online = None
+        thaw()  # until the caller drops this engine and freezes again (service.py, after a reload)
         gc.collect()
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from app.engine.heap import freeze_loaded
 from app.engine.stream_steps import DEFAULT_CHUNK_SIZE, OnlineStep, VadStep, accept_precomputed_scores, run_online_steps, run_vad_steps
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ def _load_in_worker(vad_dir: str | None, online_dir: str | None, device: str, fa
             accept_precomputed_scores(model.model)
         else:
             _online = model
+    freeze_loaded()
     return report
 
 

@@ -18,6 +18,8 @@ from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
+from app.engine.heap import freeze_loaded
+
 log = logging.getLogger(__name__)
 
 # One per worker process: the VAD model and its own default end-of-speech silence.
@@ -54,6 +56,7 @@ def _load_in_worker(model_dir: str, fast_features: bool) -> None:
     features.install(fast_features)
     _vad = AutoModel(model=model_dir, device="cpu", ncpu=1, disable_update=True, disable_pbar=True, disable_log=True, check_latest=False, hub="ms")
     _default_end_silence_ms = _vad.model.vad_opts.max_end_silence_time
+    freeze_loaded()
 
 
 def _detect_in_worker(samples: np.ndarray, max_end_silence_ms: int | None) -> list[tuple[int, int]]:
