@@ -219,6 +219,14 @@ class Settings:
         group="batching",
         default=4 * 3600.0,
     )
+    max_queue_wait_seconds: float = _opt(
+        "Refuse new requests (RESOURCE_EXHAUSTED) when the requests already admitted would take longer than this "
+        "to answer, estimated from the recent time between answers (Little's law). As the server slows down "
+        "under a flood of calls, its queue shortens, so accepted requests keep their latency. Set it above the "
+        "time one request of your longest kind takes. 0: no limit.",
+        group="batching",
+        default=0.0,
+    )
     max_segment_seconds: float = _opt(
         "VAD segments longer than this are cut before decoding (bounds padding and memory).",
         group="batching",
@@ -284,6 +292,7 @@ class Settings:
             "metrics_port",
             "health_port",
             "max_batch_wait_ms",
+            "max_queue_wait_seconds",
             "shutdown_grace_s",
             "stream_grace_s",
             "torch_threads",
@@ -418,6 +427,7 @@ PER_MODEL_SETTINGS = (
     "max_batch_wait_ms",
     "max_queue_items",
     "max_queue_audio_seconds",
+    "max_queue_wait_seconds",
     "max_segment_seconds",
     "cache_max_bytes",
     "cache_ttl_s",

@@ -73,6 +73,7 @@ def init_model_series(model: str, max_items: int, max_audio_s: float, max_stream
         counter.labels(model)
     REJECTED.labels(model, "queue_full")
     REJECTED.labels(model, "queue_audio")
+    REJECTED.labels(model, "queue_wait")
 
 
 # ================================================================ GPU (read at scrape time)

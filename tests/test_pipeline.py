@@ -185,6 +185,21 @@ def test_full_queue_rejects_at_once(engine, tiny_models):
     assert all(t.text for t in done)
 
 
+def test_wait_limit_refuses_while_the_requests_ahead_would_take_too_long(engine, tiny_models):
+    async def body(p):
+        await p.recognize(AudioInput(encode(speechlike(1.0))), RecognitionOptions())  # a real answer sets the pace
+        interval = p.admission.answer_interval_s
+        # One request in flight: about `interval` of wait, over the 1 ms limit.
+        with p.admission.admit(), pytest.raises(Overloaded, match=r"the 1 requests in progress would take about .* \(limit 0.001 s\)"):
+            await p.recognize(AudioInput(encode(speechlike(1.0, seed=1))), RecognitionOptions())
+        alone = await p.recognize(AudioInput(encode(speechlike(1.0, seed=1))), RecognitionOptions())
+        return interval, alone
+
+    interval, alone = run_with_pipeline(engine, tiny_models, body, max_queue_wait_seconds=0.001)
+    assert interval > 0.001
+    assert alone.text  # with nothing ahead it is admitted, however slow the last answers were
+
+
 def test_options_validation():
     with pytest.raises(InvalidConfig, match="unknown engine option 'device'"):
         RecognitionOptions.from_request(None, False, [], {"device": "cuda"})

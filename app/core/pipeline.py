@@ -107,7 +107,7 @@ class RecognitionPipeline:
         self.model_name = model_name
         self.limits = AudioLimits(max_duration_s=settings.max_audio_seconds)
         self.max_segment_samples = int(settings.max_segment_seconds * TARGET_SAMPLE_RATE_HZ)
-        self.admission = Admission(settings.max_queue_items, settings.max_queue_audio_seconds, model_name)
+        self.admission = Admission(settings.max_queue_items, settings.max_queue_audio_seconds, model_name, settings.max_queue_wait_seconds)
         self.streams = StreamSlots(settings.max_streams)
         self.settings = settings
         self.scheduler: BatchScheduler[AsrHypothesis] = BatchScheduler(
