@@ -290,6 +290,9 @@ class Server:
                 for suffix, key in wanted.items():
                     if sample.name.endswith(suffix):
                         out[key] = out.get(key, 0.0) + sample.value
+                if sample.name.endswith("asr_rejected_total"):  # by reason: queue_full, queue_wait, queue_audio
+                    reason = f"rejected_{sample.labels.get('reason')}"
+                    out[reason] = out.get(reason, 0.0) + sample.value
                 # Server-side time of refused RPCs (interceptor in to out): excludes the client and the network.
                 if sample.labels.get("code") == "RESOURCE_EXHAUSTED" and sample.name.endswith("request_duration_seconds_bucket"):
                     if sample.labels.get("le") == "0.01":

@@ -10,7 +10,8 @@ One run starts real servers (`paraformer-asr serve` subprocesses on loopback por
    OFF (--max-batch-size 1), points interleaved so that both see the same machine; prints the ratios;
 2. overhead: unary Recognize at concurrency 1 vs the same work in-process (decode +
    RecognitionPipeline.recognize around FunasrEngine.load), interleaved, medians and ratios;
-3. overload: a server with a small --max-queue-items, an open-loop load of 0.5x, then 10x, then
+3. overload: a server with a small --max-queue-items (and, with --overload-queue-wait, a limit on the
+   expected wait), an open-loop load of 0.5x, then 10x, then
    0.5x the measured sustainable rate: rejection latency, accepted latency, recovery.
 
 Writes bench/results/<label>.json and a PNG plot (bench/plot.py; needs matplotlib, see --plot-python).
@@ -97,6 +98,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--long-point-seconds", type=float)
     p.add_argument("--overhead-reps", type=int, help="requests per mode in the overhead comparison")
     p.add_argument("--overload-queue-items", type=int, help="--max-queue-items of the overload server")
+    p.add_argument(
+        "--overload-queue-wait",
+        default="0",
+        help="--max-queue-wait-seconds of the overload server: seconds, 0 for none, or 'p99' for the p99 latency of "
+        "the closed-loop sweep point at the same queue depth (the latency that accepted requests are to keep)",
+    )
     p.add_argument("--overload-phases", help="seconds of the 0.5x, 10x and 0.5x phases, e.g. 5,10,8")
     p.add_argument("--sustainable-rps", type=float, help="skip measuring the sustainable rate and use this")
     p.add_argument("--timeout-s", type=float, help="per-request deadline")
@@ -357,6 +364,11 @@ async def overload(args, server: Server, audio: AudioSet, sustainable_rps: float
         "sustainable_rps": round(sustainable_rps, 3),
         "phases": [{"name": n, "rate_rps": round(r, 3), "seconds": s} for n, r, s in phases],
         "server_rejected": int(after.get("rejected", 0) - before.get("rejected", 0)),
+        "server_rejected_by_reason": {
+            key.removeprefix("rejected_"): int(after[key] - before.get(key, 0))
+            for key in sorted(after)
+            if key.startswith("rejected_queue_") and after[key] - before.get(key, 0)
+        },
     }
     # The server's own view of the refusals (its latency histogram, 10 ms bucket): without the
     # client's and the network's share, which a load generator on the same 2 cores inflates.
@@ -448,6 +460,9 @@ def print_overload(o: dict, queue_items: int, sweep_ref: dict | None) -> None:
     if o.get("server_side_rejections"):
         sr = o["server_side_rejections"]
         log(f"  server-side (its latency histogram): {sr['count']} refusals, mean {sr['mean_ms']} ms, {100 * sr['within_10ms_fraction']:.1f} % within 10 ms")
+    if o.get("server_rejected_by_reason"):
+        limit = f" (expected-wait limit {o['queue_wait_limit_s']} s)" if o.get("queue_wait_limit_s") else ""
+        log(f"  refusals by reason{limit}: " + ", ".join(f"{k} {v}" for k, v in o["server_rejected_by_reason"].items()))
     r = o["recovery"]
     steady = r["after_steady_latency"]
     log(
@@ -596,7 +611,17 @@ def main(argv: list[str] | None = None) -> int:
             if not short_sweep:
                 raise SystemExit("overload needs the sweep (for the sustainable rate) or --sustainable-rps")
             sustainable = max(p["requests_per_s"] for p in short_sweep["on"])
-        server = Server("overload", models, {**on_flags, "max_queue_items": args.overload_queue_items}, device=args.device)
+        drain_s = args.overload_queue_items / sustainable
+        if args.overload_queue_wait == "p99":
+            if not ref:
+                raise SystemExit("--overload-queue-wait p99 needs the sweep (its point at the queue depth)")
+            queue_wait_s = ref["p99_ms"] / 1000
+        else:
+            queue_wait_s = float(args.overload_queue_wait)
+        overload_flags = {**on_flags, "max_queue_items": args.overload_queue_items}
+        if queue_wait_s:
+            overload_flags["max_queue_wait_seconds"] = round(queue_wait_s, 3)
+        server = Server("overload", models, overload_flags, device=args.device)
         try:
             server.start().wait_ready()
             result["servers"]["overload"] = {"command": server.display_command(), "startup_s": round(server.startup_s, 1)}
@@ -604,7 +629,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(warm_up(server, short, args.timeout_s))
             result["overload"] = asyncio.run(overload(args, server, short, sustainable))
             result["overload"]["queue_items"] = args.overload_queue_items
-            result["overload"]["drain_s"] = round(args.overload_queue_items / sustainable, 3)
+            result["overload"]["drain_s"] = round(drain_s, 3)
+            result["overload"]["queue_wait_limit_s"] = round(queue_wait_s, 3)
             if ref:
                 result["overload"]["reference_closed_loop"] = {k: ref[k] for k in ("concurrency", "requests_per_s", "p50_ms", "p95_ms", "p99_ms")}
             print_overload(result["overload"], args.overload_queue_items, ref)
