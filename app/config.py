@@ -106,6 +106,14 @@ class Settings:
         group="models",
         default=-1,
     )
+    inference_nice: int = _opt(
+        "Run the model threads and worker processes this much lower in CPU priority (Linux nice, 0-19) than the "
+        "event loop that takes calls in, so that when the CPU is short, health checks and refusals of a full "
+        "queue stay fast (docs/operations.md). An idle CPU runs them at full speed. 0: the same priority. "
+        "Not measured on a GPU.",
+        group="models",
+        default=0,
+    )
     fast_features: bool = _opt(
         "Compute fbank features with the built-in vectorised Kaldi fbank (about 9x faster than FunASR's fallback; "
         "log-mel values equal to 1e-3); false uses FunASR's own. Applies to the whole process.",
@@ -304,6 +312,8 @@ class Settings:
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, not {getattr(self, name)}")
+        if not 0 <= self.inference_nice <= 19:
+            raise ConfigError(f"inference_nice must be 0 (the server's priority) to 19, not {self.inference_nice}")
         for name in ("vad_processes", "stream_processes"):
             if getattr(self, name) < -1:
                 raise ConfigError(f"{name} must be -1 (auto), 0 (in the server process) or a number of processes, not {getattr(self, name)}")

@@ -127,3 +127,19 @@ def test_loaded_models_are_kept_out_of_the_cyclic_gc_until_the_engine_closes(tin
     eng.close()
     assert gc.get_freeze_count() == 0  # thawed, so the model's reference cycles could be freed
     assert asr() is None
+
+
+def test_model_threads_run_at_a_lower_cpu_priority_than_the_server(tiny_models):
+    import os
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, 0)  # on Linux: the calling thread's own value
+
+    eng = FunasrEngine.load(settings_for(tiny_models, vad_model="none", online_model="none", inference_nice=7))
+    try:
+        base = nice()
+        assert eng._workers["asr"].call(nice) == min(19, base + 7)
+        assert eng._workers["punc"].call(nice) == min(19, base + 7)
+        assert nice() == base  # this thread (the event loop's, in a server) keeps its priority
+    finally:
+        eng.close()

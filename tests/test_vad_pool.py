@@ -17,7 +17,7 @@ from tests.helpers import settings_for, speechlike, utterances
 
 @pytest.fixture(scope="module")
 def pooled_engine(tiny_models):
-    engine = FunasrEngine.load(settings_for(tiny_models, vad_processes=2, online_model="none"))
+    engine = FunasrEngine.load(settings_for(tiny_models, vad_processes=2, online_model="none", inference_nice=3))
     yield engine
     engine.close()
 
@@ -95,6 +95,17 @@ def test_server_with_vad_in_processes_answers_as_the_threaded_one(server, make_s
         got, reference = a.transcribe(audio, sample_rate_hz=16000), b.transcribe(audio, sample_rate_hz=16000)
     assert got.text and got.sentences
     assert [(s.text, s.start_ms, s.end_ms) for s in got.sentences] == [(s.text, s.start_ms, s.end_ms) for s in reference.sentences]
+
+
+def test_worker_processes_run_at_the_inference_priority(pooled_engine):
+    # The workers' main threads (which run the model) sit inference_nice (3, above) below this process.
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in pooled_engine.vad_pool.pids()} == {min(19, base + 3)}
+
+
+def test_inference_nice_is_checked(tiny_models):
+    with pytest.raises(ConfigError, match="inference_nice"):
+        settings_for(tiny_models, inference_nice=20)
 
 
 def test_vad_processes_setting_is_checked(tiny_models):

@@ -115,21 +115,22 @@ class FunasrEngine:
         device: str,
         report: LoadReport,
         online: AutoModel | None = None,
+        inference_nice: int = 0,
     ):
         self.device = device
         self.report = report
         self._asr, self._vad, self._punc, self._online = asr, vad, punc, online
         _mask_padded_encoder_frames(asr.model)
-        self._workers = {"asr": ModelWorker("asr")}
+        self._workers = {"asr": ModelWorker("asr", inference_nice)}
         if online is not None:
-            self._workers["online"] = ModelWorker("online")
+            self._workers["online"] = ModelWorker("online", inference_nice)
         if vad is not None:
-            self._workers["vad"] = ModelWorker("vad")
+            self._workers["vad"] = ModelWorker("vad", inference_nice)
             accept_precomputed_scores(vad.model)
             # The model's own end-of-speech silence (see vad_pool.detect_speech).
             self._vad_default_end_silence_ms = vad.model.vad_opts.max_end_silence_time
         if punc is not None:
-            self._workers["punc"] = ModelWorker("punc")
+            self._workers["punc"] = ModelWorker("punc", inference_nice)
             self._punc_marks = ["" if p in ("_", "<unk>") else p for p in punc.model.punc_list]
         # Test-only fault injection (issue: "one bad item must not fail its neighbours"): called on
         # the worker thread with the segments of every ASR call; raising fails that call.
@@ -203,13 +204,13 @@ class FunasrEngine:
                 " -- RANDOM WEIGHTS, DEMO ONLY" if source.random_weights else "",
             )
         torch.set_num_threads(threads)
-        engine = cls(models["asr"], models["vad"], models["punc"], device, report, online=models["online"])
+        engine = cls(models["asr"], models["vad"], models["punc"], device, report, online=models["online"], inference_nice=settings.inference_nice)
         if vad_processes and models["vad"] is not None:
-            engine.vad_pool = VadProcessPool(str(report.sources["vad"].path), vad_processes, settings.fast_features)
+            engine.vad_pool = VadProcessPool(str(report.sources["vad"].path), vad_processes, settings.fast_features, settings.inference_nice)
             log.info("whole-recording VAD runs in %d worker processes", vad_processes)
         if stream_processes and (models["vad"] is not None or online_dir is not None):
             vad_dir = str(report.sources["vad"].path) if models["vad"] is not None else None
-            engine.stream_pool = StreamWorkerPool(vad_dir, online_dir, device, stream_processes, settings.fast_features)
+            engine.stream_pool = StreamWorkerPool(vad_dir, online_dir, device, stream_processes, settings.fast_features, settings.inference_nice)
             log.info("live streams' VAD and online steps run in %d worker processes", stream_processes)
         try:
             engine.warm_up()

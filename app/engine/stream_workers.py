@@ -28,6 +28,7 @@ import numpy as np
 
 from app.engine.heap import freeze_loaded
 from app.engine.stream_steps import DEFAULT_CHUNK_SIZE, OnlineStep, VadStep, accept_precomputed_scores, run_online_steps, run_vad_steps
+from app.engine.worker import lower_thread_priority
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +68,10 @@ _online = None
 _states: dict[int, StreamState] = {}
 
 
-def _load_in_worker(vad_dir: str | None, online_dir: str | None, device: str, fast_features: bool) -> dict[str, tuple[int, float]]:
+def _load_in_worker(vad_dir: str | None, online_dir: str | None, device: str, fast_features: bool, nice: int) -> dict[str, tuple[int, float]]:
     """Load (and verify, like the server does) the models; per role, (tensors verified, seconds)."""
     global _vad, _online, _vad_default_end_silence_ms
+    lower_thread_priority(nice)  # first, so that torch's threads inherit it (worker.py says why)
     import torch
     from funasr import AutoModel
 
@@ -147,8 +149,8 @@ def _picklable(results: list) -> list:
 class StreamWorkerPool:
     """``processes`` worker processes, each with the streaming VAD and/or online model loaded."""
 
-    def __init__(self, vad_dir: str | None, online_dir: str | None, device: str, processes: int, fast_features: bool):
-        self._init_args = (vad_dir, online_dir, device, fast_features)
+    def __init__(self, vad_dir: str | None, online_dir: str | None, device: str, processes: int, fast_features: bool, nice: int = 0):
+        self._init_args = (vad_dir, online_dir, device, fast_features, nice)
         self.has_online = bool(online_dir)
         self._loading: list[Future] = []
         self._workers = [self._start() for _ in range(processes)]

@@ -19,6 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 
 from app.engine.heap import freeze_loaded
+from app.engine.worker import lower_thread_priority
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,9 @@ def detect_speech(vad, default_end_silence_ms: int, samples: np.ndarray, max_end
     return [(int(s), int(e)) for s, e in segments if e > s]
 
 
-def _load_in_worker(model_dir: str, fast_features: bool) -> None:
+def _load_in_worker(model_dir: str, fast_features: bool, nice: int) -> None:
     global _vad, _default_end_silence_ms
+    lower_thread_priority(nice)  # first, so that torch's threads inherit it (worker.py says why)
     import torch
     from funasr import AutoModel
 
@@ -66,8 +68,8 @@ def _detect_in_worker(samples: np.ndarray, max_end_silence_ms: int | None) -> li
 class VadProcessPool:
     """``processes`` worker processes, each with the VAD model of ``model_dir`` loaded."""
 
-    def __init__(self, model_dir: str, processes: int, fast_features: bool):
-        self.model_dir, self.processes, self.fast_features = model_dir, processes, fast_features
+    def __init__(self, model_dir: str, processes: int, fast_features: bool, nice: int = 0):
+        self.model_dir, self.processes, self.fast_features, self.nice = model_dir, processes, fast_features, nice
         self._pool = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
@@ -76,7 +78,7 @@ class VadProcessPool:
             max_workers=self.processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_load_in_worker,
-            initargs=(self.model_dir, self.fast_features),
+            initargs=(self.model_dir, self.fast_features, self.nice),
         )
 
     def warm_up(self, audio: np.ndarray) -> None:
