@@ -7,6 +7,7 @@ about the server's internals.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import time
 from collections import Counter
@@ -69,8 +70,21 @@ class Client:
         return Call(start - t0, time.perf_counter() - start, code, seconds)
 
 
+def freeze_own_heap() -> None:
+    """Keep this process's full garbage collections out of the timings.
+
+    A full collection walks every object the load generator holds, and every call in flight
+    looks that much slower: one of 220 ms landed in an overload phase and made its refusals' p99
+    106 ms instead of 13 (docs/benchmarks.md). Objects alive before a timed run are exempted, so
+    collections during it only walk what the run itself creates.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def closed_loop(client: Client, concurrency: int, max_requests: int, max_seconds: float) -> tuple[list[Call], float]:
     """``concurrency`` clients send back to back until ``max_requests`` were sent or ``max_seconds`` passed."""
+    freeze_own_heap()
     counter = itertools.count()
     calls: list[Call] = []
     t0 = time.perf_counter()
@@ -89,6 +103,7 @@ async def closed_loop(client: Client, concurrency: int, max_requests: int, max_s
 
 async def open_loop(client: Client, phases: list[tuple[str, float, float]], first_index: int = 0) -> tuple[dict[str, list[Call]], float]:
     """Send at fixed rates regardless of answers: phases of (name, requests per second, seconds)."""
+    freeze_own_heap()
     t0 = time.perf_counter()
     out: dict[str, list[Call]] = {name: [] for name, _, _ in phases}
     tasks: list[asyncio.Task] = []
