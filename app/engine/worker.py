@@ -1,4 +1,4 @@
-"""A dedicated thread per model, at a lower CPU priority than the event loop.
+"""A dedicated thread per model, optionally at a lower CPU priority than the event loop.
 
 FunASR models mutate shared state on every call (frontend caches, VAD options, the tokenizer's
 buffers) and are not safe to call from several threads; running them on the event loop would
