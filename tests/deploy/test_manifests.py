@@ -108,6 +108,12 @@ def test_cpu_only_requests_no_gpu(renderings):
     assert not pod_spec(r).get("initContainers"), "demo mode downloads nothing"
 
 
+def test_overload_settings_are_the_servers_unless_set(renderings):
+    default, cpu = renderings["default"].env, renderings["cpu-only"].env
+    assert "ASR_MAX_QUEUE_WAIT_SECONDS" not in default and "ASR_INFERENCE_NICE" not in default
+    assert cpu["ASR_INFERENCE_NICE"] == "10"  # CPU inference on 2 cores: the probe thread first
+
+
 # --- probes and ports ------------------------------------------------------------------------
 
 
