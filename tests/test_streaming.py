@@ -294,3 +294,24 @@ def test_a_dead_stream_worker_ends_its_streams_with_unavailable_and_the_server_g
     assert "start a new stream" in failure.value.details()
     assert len(finals(run_stream(srv.target, requests(config(), pcm16(TWO_UTTERANCES))))) == 2  # a new worker serves new streams
     assert srv.pipeline.engine.stream_pool.pids() != [pid]
+
+
+def test_a_restarted_stream_worker_that_cannot_load_says_why_and_is_tried_again(make_server, tiny_models, tmp_path, monkeypatch):
+    import os
+    import shutil
+    import signal
+
+    from app.engine import stream_workers
+
+    online = tmp_path / "online"
+    shutil.copytree(tiny_models.online, online)
+    srv = make_server(stream_processes=1, online_model=str(online))
+    (pid,) = srv.pipeline.engine.stream_pool.pids()
+    online.rename(tmp_path / "moved")  # the model files are gone when the worker is restarted
+    os.kill(pid, signal.SIGKILL)
+    expect_stream_error(srv.target, requests(config(), pcm16(TWO_UTTERANCES)), grpc.StatusCode.UNAVAILABLE, "start a new stream")
+    # The restarted worker has no models: streams fail at once, with the reason.
+    expect_stream_error(srv.target, requests(config(), pcm16(TWO_UTTERANCES)), grpc.StatusCode.UNAVAILABLE, "could not load its models")
+    (tmp_path / "moved").rename(online)
+    monkeypatch.setattr(stream_workers, "LOAD_RETRY_S", 0.0)  # rather than waiting 30 s for the next attempt
+    assert len(finals(run_stream(srv.target, requests(config(), pcm16(TWO_UTTERANCES))))) == 2

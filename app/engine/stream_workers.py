@@ -57,6 +57,9 @@ class StreamStep:
     chunk_size: tuple[int, int, int] = DEFAULT_CHUNK_SIZE
 
 
+LOAD_RETRY_S = 30.0  # how often a worker whose restart could not load its models is tried again
+
+
 class StreamLost(RuntimeError):
     """The worker process holding this stream's model state died."""
 
@@ -66,10 +69,21 @@ _vad = None
 _vad_default_end_silence_ms = 0
 _online = None
 _states: dict[int, StreamState] = {}
+_load_failure: str | None = None  # why this process has no models (a restart that could not load them)
 
 
 def _load_in_worker(vad_dir: str | None, online_dir: str | None, device: str, fast_features: bool, nice: int) -> dict[str, tuple[int, float]]:
     """Load (and verify, like the server does) the models; per role, (tensors verified, seconds)."""
+    global _load_failure
+    try:
+        return _load_models(vad_dir, online_dir, device, fast_features, nice)
+    except Exception as e:
+        # At start-up the server fails with this; after a restart, every step answers with it.
+        _load_failure = f"{type(e).__name__}: {e}"
+        raise
+
+
+def _load_models(vad_dir: str | None, online_dir: str | None, device: str, fast_features: bool, nice: int) -> dict[str, tuple[int, float]]:
     global _vad, _online, _vad_default_end_silence_ms
     lower_thread_priority(nice)  # first, so that torch's threads inherit it (worker.py says why)
     import torch
@@ -108,12 +122,24 @@ def _state(key: int) -> StreamState:
     return state
 
 
+def _unloaded(steps: list) -> tuple[list, dict] | None:
+    if _load_failure is None:
+        return None
+    # The cause (paths, memory) goes to the server log (_log_failed_load), not to clients.
+    lost = StreamLost("the streaming worker process was restarted but could not load its models (see the server log); retry later")
+    return [lost] * len(steps), {}
+
+
 def _vad_steps_in_worker(steps: list[tuple[int, np.ndarray, bool, int | None]]) -> tuple[list, dict]:
+    if (answer := _unloaded(steps)) is not None:
+        return answer
     vad_steps = [VadStep(_state(key).vad, samples, final, silence) for key, samples, final, silence in steps]
     return _picklable(run_vad_steps(_vad, _vad_default_end_silence_ms, vad_steps)), _gpu_memory()
 
 
 def _online_steps_in_worker(steps: list[tuple[int, np.ndarray, bool, tuple[int, int, int]]]) -> tuple[list, dict]:
+    if (answer := _unloaded(steps)) is not None:
+        return answer
     online_steps = [OnlineStep(_state(key).online, samples, final, chunk) for key, samples, final, chunk in steps]
     return _picklable(run_online_steps(_online, online_steps)), _gpu_memory()
 
@@ -146,6 +172,16 @@ def _picklable(results: list) -> list:
 
 
 # ---------------------------------------------------------------- in the server process
+def _failure(load: Future) -> BaseException | None:
+    """The error of a finished model load, or None (still loading, loaded, or cancelled at shutdown)."""
+    return load.exception() if load.done() and not load.cancelled() else None
+
+
+def _log_failed_load(index: int, load: Future) -> None:
+    if (error := _failure(load)) is not None:
+        log.error("restarted streaming worker process %d could not load its models: %s", index, error)
+
+
 class StreamWorkerPool:
     """``processes`` worker processes, each with the streaming VAD and/or online model loaded."""
 
@@ -157,6 +193,7 @@ class StreamWorkerPool:
         self._generations = [0] * processes
         self._assigned = [0] * processes  # live streams per worker
         self._gpu_memory: list[dict[str, tuple[float, float]]] = [{} for _ in range(processes)]  # as last reported
+        self._restarts: list[tuple[float, Future] | None] = [None] * processes  # (when, its model load) per worker
 
     def _start(self) -> ProcessPoolExecutor:
         # spawn, not fork: the server process holds gRPC and torch threads that a fork would copy half-way.
@@ -221,18 +258,27 @@ class StreamWorkerPool:
 
     def _assign(self, stream: StreamState) -> None:
         index = min(range(len(self._workers)), key=self._assigned.__getitem__)
+        restart = self._restarts[index]
+        if restart is not None and _failure(restart[1]) and time.monotonic() - restart[0] > LOAD_RETRY_S:
+            # The last restart could not load the models (memory was short, say): a new stream
+            # gets a new attempt, at most every LOAD_RETRY_S, instead of a worker that only refuses.
+            self._restart(index, self._workers[index], "its models failed to load")
         stream.worker, stream.generation = index, self._generations[index]
         self._assigned[index] += 1
 
-    def _restart(self, index: int, broken: ProcessPoolExecutor) -> None:
+    def _restart(self, index: int, broken: ProcessPoolExecutor, why: str = "died") -> None:
         if self._workers[index] is not broken:
             return  # another step already restarted it
-        log.error("streaming worker process %d died; its streams are lost; starting a new one", index)
+        log.error("streaming worker process %d %s; its streams are lost; starting a new one", index, why)
         self._generations[index] += 1
         self._assigned[index] = 0
         self._gpu_memory[index] = {}
         self._workers[index] = self._start()
-        self._loading.clear()  # nobody waits for a restarted worker's load: its first step does
+        # Nobody waits for a restarted worker's load (its first step does): say here if it fails.
+        load = self._loading.pop()
+        load.add_done_callback(lambda done: _log_failed_load(index, done))
+        self._restarts[index] = (time.monotonic(), load)
+        self._loading.clear()
         broken.shutdown(wait=False, cancel_futures=True)
 
     def reset_online(self, stream: StreamState) -> None:
