@@ -315,3 +315,26 @@ def test_a_restarted_stream_worker_that_cannot_load_says_why_and_is_tried_again(
     (tmp_path / "moved").rename(online)
     monkeypatch.setattr(stream_workers, "LOAD_RETRY_S", 0.0)  # rather than waiting 30 s for the next attempt
     assert len(finals(run_stream(srv.target, requests(config(), pcm16(TWO_UTTERANCES))))) == 2
+
+
+def test_new_streams_avoid_a_worker_that_could_not_load(make_server, tiny_models, tmp_path):
+    import os
+    import shutil
+    import signal
+
+    online = tmp_path / "online"
+    shutil.copytree(tiny_models.online, online)
+    srv = make_server(stream_processes=2, online_model=str(online))
+    victim = srv.pipeline.engine.stream_pool.pids()[0]
+    online.rename(tmp_path / "moved")
+    os.kill(victim, signal.SIGKILL)
+    outcomes = []
+    for _ in range(6):
+        try:
+            outcomes.append(len(finals(run_stream(srv.target, requests(config(), pcm16(TWO_UTTERANCES))))))
+        except grpc.RpcError as e:
+            assert e.code() is grpc.StatusCode.UNAVAILABLE, e.details()
+            outcomes.append(e.details())
+    # The first streams may meet the dead worker, or its restart that fails; after that every
+    # new stream goes to the worker that still has its models.
+    assert outcomes[-3:] == [2, 2, 2], outcomes

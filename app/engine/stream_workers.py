@@ -257,12 +257,16 @@ class StreamWorkerPool:
         return results
 
     def _assign(self, stream: StreamState) -> None:
-        index = min(range(len(self._workers)), key=self._assigned.__getitem__)
-        restart = self._restarts[index]
-        if restart is not None and _failure(restart[1]) and time.monotonic() - restart[0] > LOAD_RETRY_S:
-            # The last restart could not load the models (memory was short, say): a new stream
-            # gets a new attempt, at most every LOAD_RETRY_S, instead of a worker that only refuses.
-            self._restart(index, self._workers[index], "its models failed to load")
+        def unloaded(index: int) -> bool:  # restarted, and could not load its models
+            restart = self._restarts[index]
+            return restart is not None and _failure(restart[1]) is not None
+
+        # A worker without models holds no streams, so "fewest streams" alone would send it all.
+        index = min(range(len(self._workers)), key=lambda i: (unloaded(i), self._assigned[i]))
+        if unloaded(index) and time.monotonic() - self._restarts[index][0] > LOAD_RETRY_S:
+            # Every worker is in that state (memory was short, say): a new stream gets a new
+            # attempt, at most every LOAD_RETRY_S, instead of a worker that only refuses.
+            self._restart(index, self._workers[index], "could not load its models")
         stream.worker, stream.generation = index, self._generations[index]
         self._assigned[index] += 1
 
