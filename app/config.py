@@ -110,9 +110,9 @@ class Settings:
         "Run the model threads and worker processes this much lower in CPU priority (Linux nice, 0-19) than the "
         "event loop that takes calls in, so that when the CPU is short, health checks and refusals of a full "
         "queue stay fast (docs/operations.md). An idle CPU runs them at full speed. 0: the same priority. "
-        "Not measured on a GPU.",
+        "Measured on CPU only.",
         group="models",
-        default=0,
+        default=10,
     )
     fast_features: bool = _opt(
         "Compute fbank features with the built-in vectorised Kaldi fbank (about 9x faster than FunASR's fallback; "
