@@ -114,6 +114,11 @@ def test_overload_settings_are_the_servers_unless_set(renderings):
     assert cpu["ASR_INFERENCE_NICE"] == "10"  # CPU inference on 2 cores: the probe thread first
 
 
+def test_inference_nice_zero_reaches_the_server(tools_tmp):
+    # 0 turns the server's default (10) off: the chart must pass it, not drop it as "empty".
+    assert render(tools_tmp, "--set", "server.inferenceNice=0").env["ASR_INFERENCE_NICE"] == "0"
+
+
 # --- probes and ports ------------------------------------------------------------------------
 
 
