@@ -69,17 +69,17 @@ _vad = None
 _vad_default_end_silence_ms = 0
 _online = None
 _states: dict[int, StreamState] = {}
-_load_failure: str | None = None  # why this process has no models (a restart that could not load them)
+_load_failed = False  # a restart that could not load the models: every step answers StreamLost
 
 
 def _load_in_worker(vad_dir: str | None, online_dir: str | None, device: str, fast_features: bool, nice: int) -> dict[str, tuple[int, float]]:
     """Load (and verify, like the server does) the models; per role, (tensors verified, seconds)."""
-    global _load_failure
+    global _load_failed
     try:
         return _load_models(vad_dir, online_dir, device, fast_features, nice)
-    except Exception as e:
-        # At start-up the server fails with this; after a restart, every step answers with it.
-        _load_failure = f"{type(e).__name__}: {e}"
+    except Exception:
+        # At start-up the server fails with the error; after a restart, the pool logs it.
+        _load_failed = True
         raise
 
 
@@ -123,7 +123,7 @@ def _state(key: int) -> StreamState:
 
 
 def _unloaded(steps: list) -> tuple[list, dict] | None:
-    if _load_failure is None:
+    if not _load_failed:
         return None
     # The cause (paths, memory) goes to the server log (_log_failed_load), not to clients.
     lost = StreamLost("the streaming worker process was restarted but could not load its models (see the server log); retry later")
