@@ -214,7 +214,11 @@ class Settings:
     )
 
     # --- batching ---
-    max_batch_size: int = _opt("Most speech segments decoded in one engine call (1 turns batching off).", group="batching", default=16)
+    max_batch_size: int = _opt(
+        "Most speech segments decoded in one engine call, and most transcripts punctuated in one pass (1 turns batching off).",
+        group="batching",
+        default=16,
+    )
     max_batch_audio_seconds: float = _opt("Most audio (seconds, summed over a batch) in one engine call.", group="batching", default=300.0)
     max_batch_wait_ms: float = _opt("How long a batch waits for company once its first segment arrives.", group="batching", default=5.0)
     max_queue_items: int = _opt(

@@ -50,6 +50,12 @@ STREAM_STEP_BATCH = Histogram(
     ["model", "role"],
     buckets=STREAM_STEP_BUCKETS,
 )
+PUNCTUATION_BATCH = Histogram(
+    f"{PREFIX}_punctuation_batch_size",
+    "Requests (or streamed utterances) whose transcripts the punctuation model marked in one pass",
+    ["model"],
+    buckets=BATCH_BUCKETS,
+)
 BATCH_SECONDS = Histogram(f"{PREFIX}_batch_duration_seconds", "Duration of one batched engine call", ["model"], buckets=LATENCY_BUCKETS)
 DROPPED_BEFORE_MODEL = Counter(
     f"{PREFIX}_dropped_before_model_total",

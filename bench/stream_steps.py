@@ -127,7 +127,7 @@ def main(argv=None) -> None:
         out = []
         for _ in range(n):
             t = time.perf_counter()
-            engine._punctuate(list(tokens))
+            engine._punctuate_batch([list(tokens)])
             out.append(time.perf_counter() - t)
         return out
 

@@ -25,6 +25,9 @@ def run_with_pipeline(engine, tiny_models, body, **overrides):
             return await body(pipeline)
         finally:
             await pipeline.scheduler.close()
+            for batcher in (pipeline.vad_steps, pipeline.online_steps, pipeline.punctuation):
+                if batcher is not None:
+                    await batcher.close()
 
     return asyncio.run(go())
 
@@ -123,6 +126,53 @@ def test_a_poisoned_segment_fails_alone(engine, tiny_models):
     assert isinstance(results[2], RuntimeError)
     assert all(isinstance(r, list) and r for i, r in enumerate(results) if i != 2)
     assert stats.retried_alone >= 2
+
+
+def test_concurrent_transcripts_share_punctuation_passes_and_keep_their_own_marks(engine, tiny_models):
+    clips = [speechlike(1.0 + 0.15 * i, seed=20 + i) for i in range(10)]
+    opts, whole = RecognitionOptions(), [(0, 1000)]
+
+    async def alone(p):
+        return [await p.recognize_samples(c, opts, spans=whole) for c in clips]
+
+    async def together(p):
+        results = await asyncio.gather(*(p.recognize_samples(c, opts, spans=whole) for c in clips))
+        return results, p.punctuation.calls, p.punctuation.largest
+
+    expected = run_with_pipeline(engine, tiny_models, alone)
+    results, calls, largest = run_with_pipeline(engine, tiny_models, together, max_batch_size=16, max_batch_wait_ms=50)
+    assert largest > 1 and calls < len(clips)
+    assert [[s.text for s in r] for r in results] == [[s.text for s in r] for r in expected]
+    assert any(any(mark in s.text for mark in "，。？、") for r in results for s in r)
+
+
+def test_a_text_the_punctuation_model_fails_on_fails_alone(engine, tiny_models):
+    clips = [speechlike(1.0, seed=40 + i) for i in range(6)]
+    whole = [(0, 1000)]
+
+    async def tokens_of(p):
+        return [tuple(w for s in await p.recognize_samples(c, RecognitionOptions(punctuation=False), spans=whole) for w in s.text) for c in clips]
+
+    poison = run_with_pipeline(engine, tiny_models, tokens_of)[3]
+    assert poison
+    passes = []
+
+    def hook(texts):
+        passes.append(len(texts))
+        if any(tuple("".join(t)) == poison for t in texts):
+            raise RuntimeError("injected punctuation failure")
+
+    async def body(p):
+        return await asyncio.gather(*(p.recognize_samples(c, RecognitionOptions(), spans=whole) for c in clips), return_exceptions=True)
+
+    engine.punc_fault_hook = hook
+    try:
+        results = run_with_pipeline(engine, tiny_models, body, max_batch_size=16, max_batch_wait_ms=50)
+    finally:
+        engine.punc_fault_hook = None
+    assert isinstance(results[3], RuntimeError) and "injected" in str(results[3])
+    assert all(isinstance(r, list) and r for i, r in enumerate(results) if i != 3)
+    assert max(passes) > 1  # they met in one pass, which failed, and were then marked one by one
 
 
 def test_expired_deadline_never_reaches_the_model(engine, tiny_models):

@@ -1,8 +1,9 @@
 """The recognition pipeline: audio bytes in, a transcript with sentences and timings out.
 
 decode (thread pool) -> VAD segments (VAD worker) -> ASR on every segment through the batching
-scheduler, pooled with the segments of all other requests (ASR worker) -> punctuation (punctuation
-worker) -> sentences with times. Transport-free: the gRPC servicers call ``recognize``.
+scheduler, pooled with the segments of all other requests (ASR worker) -> punctuation, pooled with
+the transcripts of all other requests (punctuation worker) -> sentences with times. Transport-free:
+the gRPC servicers call ``recognize``.
 """
 
 from __future__ import annotations
@@ -127,6 +128,12 @@ class RecognitionPipeline:
         self.online_steps: StepBatcher[StreamStep, str] | None = None
         if engine.has_online:
             self.online_steps = StepBatcher(engine.online_steps, model_name, "online")
+        # The transcripts of concurrent requests, punctuated in one pass of the model.
+        self.punctuation: StepBatcher[list[str], list[str] | None] | None = None
+        if engine.has_punctuation:
+            self.punctuation = StepBatcher(
+                engine.punctuate_many, model_name, "punc", max_steps=settings.max_batch_size, batch_sizes=metrics.PUNCTUATION_BATCH.labels(model_name)
+            )
         self.cache = _make_cache(settings, model_name)
         self._identity = f"{model_name}|{engine.identity}"
         # Decoding is CPU work that must stay off the event loop but must not queue behind the models.
@@ -165,14 +172,14 @@ class RecognitionPipeline:
         metrics.init_model_series(self.model_name, a.max_items, a.max_audio_s, self.streams.max_streams)
         metrics.GPU_COLLECTOR.add_worker_memory(self, self.engine.worker_gpu_memory)
         self.scheduler.start()
-        for batcher in (self.vad_steps, self.online_steps):
+        for batcher in (self.vad_steps, self.online_steps, self.punctuation):
             if batcher is not None:
                 batcher.start()
 
     async def close(self) -> None:
         metrics.GPU_COLLECTOR.remove_worker_memory(self)
         await self.scheduler.close()
-        for batcher in (self.vad_steps, self.online_steps):
+        for batcher in (self.vad_steps, self.online_steps, self.punctuation):
             if batcher is not None:
                 await batcher.close()
         if self.cache is not None:
@@ -251,9 +258,9 @@ class RecognitionPipeline:
         hyps = await _all_or_nothing(self.scheduler.submit(chunk, options.hotwords, deadline) for _, _, chunk in pieces)
         segments = [(offset_ms + start_ms, offset_ms + end_ms, hyp) for (start_ms, end_ms, _), hyp in zip(pieces, hyps, strict=True)]
         marks = None
-        if options.punctuation and self.engine.has_punctuation:
+        if options.punctuation and self.punctuation is not None:
             tokens = [t for _, _, hyp in segments for t in hyp.tokens]
-            marks = await self.engine.punctuate(tokens)
+            marks = await self.punctuation.submit(tokens) if tokens else []
             if marks is None:
                 log.warning("punctuation could not be aligned with %d tokens; returning unpunctuated segments", len(tokens))
         return build_sentences(segments, marks, with_words=options.word_times)

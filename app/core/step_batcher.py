@@ -10,6 +10,9 @@ adds no latency.
 Unlike the ASR scheduler's segments, the steps are stateful (each carries its stream's model
 state), so a caller must never queue two steps of one stream (a session awaits each of its steps),
 and a failed step fails only its own stream.
+
+The same coalescing serves the punctuation of concurrent requests (each "step" a transcript's
+tokens; stateless, so any number may queue): the punctuation model marks them in one pass.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ RunSteps = Callable[[Sequence[S]], Awaitable[list]]
 
 
 class StepBatcher(Generic[S, R]):
-    def __init__(self, run_steps: RunSteps, model_name: str, role: str, max_steps: int = 256):
+    def __init__(self, run_steps: RunSteps, model_name: str, role: str, max_steps: int = 256, batch_sizes=None):
         self._run_steps = run_steps
+        # Where each call's size is observed: the stream-step histogram unless the caller names another.
+        self._batch_sizes = batch_sizes if batch_sizes is not None else metrics.STREAM_STEP_BATCH.labels(model_name, role)
         self.model_name = model_name
         self.role = role
         self.max_steps = max_steps
@@ -74,11 +79,11 @@ class StepBatcher(Generic[S, R]):
                 continue
             self.calls += 1
             self.largest = max(self.largest, len(batch))
-            metrics.STREAM_STEP_BATCH.labels(self.model_name, self.role).observe(len(batch))
+            self._batch_sizes.observe(len(batch))
             try:
                 results = await self._run_steps([step for step, _ in batch])
             except Exception as error:  # the whole call failed (a model fault): every step in it fails
-                log.warning("%s steps of %d streams failed: %s", self.role, len(batch), type(error).__name__)
+                log.warning("%s: a call for %d failed: %s", self.role, len(batch), type(error).__name__)
                 results = [error] * len(batch)
             for (_, future), result in zip(batch, results, strict=True):
                 if future.done():  # the stream went away while the model worked

@@ -6,7 +6,7 @@ operations that run on each model's own thread (see ``worker.py``):
 
 - ``detect_speech``: VAD segments of a whole recording (in worker processes with ``vad_processes``);
 - ``transcribe``: ONE batched ASR call over many segments (from many requests);
-- ``punctuate``: punctuation marks for a token sequence;
+- ``punctuate_many``: punctuation marks for many token sequences in one pass (``punctuation.py``);
 - ``vad_stream_steps`` / ``online_steps``: the streaming models' steps of many live streams, one
   call for all of them (the VAD's network runs once for all: ``stream_steps.py``), on model
   threads or in worker processes (``stream_workers.py``).
@@ -32,6 +32,7 @@ from app.config import Settings
 from app.engine import features
 from app.engine.heap import freeze_loaded, thaw
 from app.engine.loader import ModelLoadError, ModelSource, is_disabled, resolve_model_dir, verify_weights
+from app.engine.punctuation import punctuation_ids
 from app.engine.stream_steps import OnlineStep, VadStep, accept_precomputed_scores, run_online_steps, run_vad_steps
 from app.engine.stream_workers import StreamState, StreamStep, StreamWorkerPool
 from app.engine.vad_pool import VadProcessPool, detect_speech
@@ -135,6 +136,7 @@ class FunasrEngine:
         # Test-only fault injection (issue: "one bad item must not fail its neighbours"): called on
         # the worker thread with the segments of every ASR call; raising fails that call.
         self.fault_hook: Callable[[Sequence[np.ndarray]], None] | None = None
+        self.punc_fault_hook: Callable[[Sequence[Sequence[str]]], None] | None = None  # the same, for punctuation passes
         self.vad_pool: VadProcessPool | None = None  # whole-recording VAD in processes, when configured
         self.stream_pool: StreamWorkerPool | None = None  # live streams' VAD and online steps in processes, when configured
         self.asr_calls = 0  # engine calls made, observable by tests and metrics
@@ -250,7 +252,7 @@ class FunasrEngine:
         self.report.warmup_seconds["asr"] = time.perf_counter() - start
         if self._punc is not None:
             start = time.perf_counter()
-            self._workers["punc"].call(self._punctuate, list(hyp[0].tokens) or ["你", "好"])
+            self._workers["punc"].call(self._punctuate_batch, [list(hyp[0].tokens) or ["你", "好"]])
             self.report.warmup_seconds["punc"] = time.perf_counter() - start
         if self._online is not None:
             start = time.perf_counter()
@@ -301,9 +303,20 @@ class FunasrEngine:
 
     async def punctuate(self, tokens: Sequence[str]) -> list[str] | None:
         """A punctuation mark ('' for none) after each token, or None when they cannot be aligned."""
+        (marks,) = await self.punctuate_many([tokens])
+        if isinstance(marks, Exception):
+            raise marks
+        return marks
+
+    async def punctuate_many(self, texts: Sequence[Sequence[str]]) -> list[list[str] | Exception | None]:
+        """The marks of many token lists in one pass of the model; per list, its marks, None or its own error.
+
+        One pass for all: see punctuation.py. When the pass raises, each list is tried alone,
+        so that one text the model cannot take fails only its own request.
+        """
         if self._punc is None:
             raise RuntimeError("no punctuation model loaded")
-        return await self._workers["punc"].run(self._punctuate, list(tokens))
+        return await self._workers["punc"].run(self._punctuate_many, [list(t) for t in texts])
 
     # ------------------------------------------------------------------ streaming
     async def vad_stream_steps(self, steps: Sequence[StreamStep]) -> list[list[tuple[int, int]] | Exception]:
@@ -376,17 +389,41 @@ class FunasrEngine:
             times = tuple((int(s), int(e)) for s, e in stamps)
         return AsrHypothesis(tokens=tokens, token_times_ms=times)
 
-    def _punctuate(self, tokens: list[str]) -> list[str] | None:
-        if not tokens:
-            return []
-        result = self._punc.generate(input=" ".join(tokens), disable_pbar=True)
-        ids = result[0].get("punc_array") if result else None
-        if ids is None:
-            return None
-        ids = [int(i) for i in ids]
-        if len(ids) != len(tokens):
-            return None
-        return [self._punc_marks[i] if 0 <= i < len(self._punc_marks) else "" for i in ids]
+    def _punctuate_many(self, texts: list[list[str]]) -> list[list[str] | Exception | None]:
+        try:
+            return self._punctuate_batch(texts)
+        except Exception as error:
+            if len(texts) == 1:
+                return [error]
+            log.warning("punctuation of %d texts in one pass failed (%s); marking them one by one", len(texts), type(error).__name__)
+        results: list[list[str] | Exception | None] = []
+        for tokens in texts:
+            try:
+                results.extend(self._punctuate_batch([tokens]))
+            except Exception as error:
+                results.append(error)
+        return results
+
+    def _punctuate_batch(self, texts: list[list[str]]) -> list[list[str] | None]:
+        import torch
+
+        if self.punc_fault_hook is not None:
+            self.punc_fault_hook(texts)
+        # What generate() would do first on this thread: torch's thread count is per calling thread.
+        threads = self._punc.kwargs.get("ncpu", torch.get_num_threads())
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        spaced = [" ".join(tokens) for tokens in texts]
+        all_ids = punctuation_ids(self._punc.model, self._punc.kwargs["tokenizer"], spaced, self.device, self._punc.kwargs.get("split_size", 20))
+        marks: list[list[str] | None] = []
+        for tokens, ids in zip(texts, all_ids, strict=True):
+            if not tokens:
+                marks.append([])
+            elif ids is None or len(ids) != len(tokens):  # the model split the text into other units than the ASR's tokens
+                marks.append(None)
+            else:
+                marks.append([self._punc_marks[i] if 0 <= i < len(self._punc_marks) else "" for i in ids])
+        return marks
 
     def close(self) -> None:
         """Stop the workers and let go of the models, returning their memory (GPU memory included)."""

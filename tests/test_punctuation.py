@@ -1,0 +1,111 @@
+"""Punctuation of many texts in one pass (app/engine/punctuation.py) against FunASR's own generate().
+
+The tiny model's marks are nonsense, but they are FunASR's nonsense: the batched pass must give,
+text by text, exactly the marks that ``generate()`` gives for that text alone. The model's output
+bias is moved between runs so that every rule gets exercised: carry-over at full stops and
+question marks, the cut of a 200-word sentence at its last comma, the full stop forced at the
+end, ``<unk>`` marks, and, for a word-level model (one that ships a jieba dictionary), the
+expansion from words to characters.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from app.engine.punctuation import punctuation_ids
+
+# Output biases over the classes <unk> _ ， 。 ？ 、 : the model as built, then commas only (so
+# sentences grow past 200 words and get cut), full stops only, everything equally likely,
+# and mostly <unk>.
+BIASES = [None, [-9, -3, 3, -9, -9, 0], [-9, 0, -9, 3, -9, -9], [-9, 0, 0, 0, 0, 0], [0, 0, -9, -9, -9, -9]]
+
+
+def _load(model_dir):
+    from funasr import AutoModel
+
+    return AutoModel(model=str(model_dir), device="cpu", disable_update=True, disable_pbar=True, disable_log=True, check_latest=False, hub="ms")
+
+
+def _texts(model, seed: int) -> list[str]:
+    """Space-separated tokens as the ASR model writes them: characters, and a few ASCII words."""
+    characters = [t for t in model.kwargs["tokenizer"].token_list if not t.startswith("<")][:300]
+    vocab = [*characters, "hello", "World", "ok", "3.5", "etc."]
+    rng = np.random.default_rng(seed)
+    lengths = [*rng.integers(0, 40, 30), 0, 1, 2, 19, 20, 21, 45, 230, 900]
+    return [" ".join(rng.choice(vocab, size=int(n))) for n in lengths]
+
+
+def _generate_one_by_one(model, texts):
+    out = []
+    for text in texts:
+        ids = model.generate(input=text, disable_pbar=True)[0].get("punc_array")
+        out.append(None if ids is None else [int(i) for i in ids])
+    return out
+
+
+def _check_against_generate(model, texts):
+    classes_seen = set()
+    for bias in BIASES:
+        if bias is not None:
+            with torch.no_grad():
+                model.model.decoder.bias.copy_(torch.tensor(bias, dtype=torch.float32))
+        batched = punctuation_ids(model.model, model.kwargs["tokenizer"], texts, "cpu")
+        assert batched == _generate_one_by_one(model, texts), f"bias {bias}"
+        classes_seen |= {i for ids in batched if ids for i in ids}
+    return classes_seen
+
+
+def test_batched_marks_equal_generate_text_by_text(tiny_models):
+    model = _load(tiny_models.punc)
+    assert model.model.jieba_usr_dict is None
+    assert _check_against_generate(model, _texts(model, seed=0)) == set(range(len(model.model.punc_list)))
+
+
+def test_word_level_model_marks_characters_like_generate(tiny_models, tmp_path):
+    """A model directory with a jieba dictionary splits Chinese into words; marks come back per character."""
+    word_level = tmp_path / "punc-words"
+    shutil.copytree(tiny_models.punc, word_level)
+    chars = [t for t in json.loads((word_level / "tokens.json").read_text(encoding="utf-8")) if not t.startswith("<")]
+    words = [chars[i] + chars[i + 1] for i in range(0, 60, 2)] + [chars[i] + chars[i + 1] + chars[i + 2] for i in range(60, 90, 3)]
+    (word_level / "jieba_usr_dict").write_text("".join(f"{w} 100\n" for w in words), encoding="utf-8")
+    meta = json.loads((word_level / "configuration.json").read_text())
+    meta["file_path_metas"]["jieba_usr_dict"] = "jieba_usr_dict"
+    (word_level / "configuration.json").write_text(json.dumps(meta))
+
+    model = _load(word_level)
+    assert model.model.jieba_usr_dict is not None
+    # Random characters, and texts made of the dictionary's words (written as the ASR writes them: a space between characters).
+    texts = _texts(model, seed=3) + [" ".join("".join(words[k : k + n])) for k, n in ((0, 4), (5, 12), (28, 9), (2, 30))]
+    batched = punctuation_ids(model.model, model.kwargs["tokenizer"], texts, "cpu")
+    # One mark per character again (where ASCII words are mixed in, jieba may split them otherwise).
+    chinese = [i for i, t in enumerate(texts) if t and not any(w.isascii() for w in t.split())]
+    assert len(chinese) > 10
+    assert [len(batched[i]) for i in chinese] == [len(texts[i].split()) for i in chinese]
+    _check_against_generate(model, texts)
+
+
+def test_empty_texts_have_no_marks_and_do_not_disturb_the_others(tiny_models):
+    model = _load(tiny_models.punc)
+    tokenizer = model.kwargs["tokenizer"]
+    texts = _texts(model, seed=5)[:6]
+    alone = punctuation_ids(model.model, tokenizer, texts, "cpu")
+    mixed = punctuation_ids(model.model, tokenizer, ["", *texts[:3], "   ", *texts[3:]], "cpu")
+    assert mixed[0] is None and mixed[4] is None
+    assert mixed[1:4] + mixed[5:] == alone
+
+
+@pytest.mark.parametrize("split_size", [2, 7])
+def test_other_mini_sentence_sizes_match_generate(tiny_models, split_size):
+    model = _load(tiny_models.punc)
+    texts = _texts(model, seed=9)[:12]
+    batched = punctuation_ids(model.model, model.kwargs["tokenizer"], texts, "cpu", split_size=split_size)
+    expected = []
+    for text in texts:
+        ids = model.generate(input=text, disable_pbar=True, split_size=split_size)[0].get("punc_array")
+        expected.append(None if ids is None else [int(i) for i in ids])
+    assert batched == expected
