@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# The benchmarks of docs/benchmarks.md on a CUDA machine, sized to finish in about five minutes:
-# batching on vs off with the Paraformer-large-sized random model (unary), then how many
-# real-time streams the same model sustains. Results go to bench/results/gpu-*.json and OUT_DIR.
+# The benchmarks of docs/benchmarks.md on a CUDA machine, sized to finish in about seven minutes:
+# batching on vs off with the Paraformer-large-sized random model (unary), the same model at 10x
+# its sustainable load, then how many real-time streams it sustains. Results go to
+# bench/results/gpu-*.json and OUT_DIR.
 #
 #   bash bench/gpu.sh [OUT_DIR]
+#
+# Knobs (environment): CONCURRENCY (default 1,32,64), SETS (short,long), OVERLOAD_WAIT (the
+# overload server's wait limit: seconds or p99, the default), STREAM_LEVELS (8,24,48; none skips
+# streaming), MODEL_DIR, PYTHON, DEVICE.
 #
 # Needs python3 with a CUDA torch and the project's dependencies importable (an installed
 # checkout, or PYTHONPATH). Models are built into MODEL_DIR (default /tmp/paraformer-bench/large).
@@ -27,14 +32,18 @@ if [ ! -f "$models/online/config.yaml" ]; then
 fi
 $py -c "import sys; from pathlib import Path; from bench.common import repair_token_list as fix; [fix(Path(sys.argv[1]) / d / 'tokens.json') for d in ('asr', 'online')]" "$models"
 
-# Unary: 2 s utterances at 1, 16 and 64 clients, 5-minute recordings at 8 clients; ON and OFF servers alternate.
-timeout 260 $py -m bench.load --models "$models" --preset large --device "$device" --phases sweep \
-    --concurrency "${CONCURRENCY:-1,16,64}" --long-concurrency 8 --point-seconds 12 --long-point-seconds 20 \
+# Unary: 2 s utterances at 1, 32 and 64 clients, 5-minute recordings at 8 clients; ON and OFF servers
+# alternate. Then the overload phases (0.5x, 10x, 0.5x the best ON rate) against a third server
+# whose wait limit is the sweep's p99 at 32 clients.
+timeout 330 $py -m bench.load --models "$models" --preset large --device "$device" --phases sweep,overload \
+    --sets "${SETS:-short,long}" --concurrency "${CONCURRENCY:-1,32,64}" --long-concurrency 8 --point-seconds 12 --long-point-seconds 20 \
     --min-requests 16 --max-requests 2000 --long-max-requests 24 --timeout-s 120 \
+    --overload-queue-wait "${OVERLOAD_WAIT:-p99}" --overload-phases 5,10,10 \
     --label gpu-large --plot none
 cp bench/results/gpu-large.json "$out/" 2>/dev/null
 
 # Streaming: real-time streams with the large-sized offline + online models on the GPU.
+[ "${STREAM_LEVELS:-}" = none ] && exit 0
 timeout 200 $py -m bench.stream_load --models "$models" --preset large --device "$device" --phases sweep \
     --levels "${STREAM_LEVELS:-8,24,48}" --seconds 20 --stagger-s 2 --stop-after-failures 1 --label gpu-large
 cp bench/results/stream_gpu-large.json "$out/" 2>/dev/null
