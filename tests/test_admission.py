@@ -26,17 +26,43 @@ def admission(max_wait_s: float = 0.5, max_items: int = 100) -> tuple[Admission,
 
 
 def answer_after(adm: Admission, clock: Clock, seconds: float) -> None:
+    """One request, alone, answered after `seconds`."""
     with adm.admit():
         clock.now += seconds
 
 
-def test_the_interval_between_answers_is_measured_only_while_busy():
-    adm, clock = admission()
-    answer_after(adm, clock, 0.2)
+def answers_in_a_queue(adm: Admission, clock: Clock, n: int, every_s: float) -> None:
+    """n + 1 requests in flight; n of them answered one every `every_s`, each with others still waiting; then the last."""
+    tickets = [adm.admit() for _ in range(n + 1)]
+    for t in tickets:
+        t.__enter__()
+    for t in tickets[:-1]:
+        clock.now += every_s
+        t.__exit__(None, None, None)
+    tickets[-1].__exit__(None, None, None)
+
+
+def test_the_pace_is_the_time_between_answers_while_others_wait():
+    adm, clock = admission(max_wait_s=0.0)  # measuring only
+    assert adm.answer_interval_s is None
+    answers_in_a_queue(adm, clock, 5, 0.2)
     assert adm.answer_interval_s == pytest.approx(0.2)
-    clock.now += 60  # an idle minute is not a slow answer
-    answer_after(adm, clock, 0.2)
+    clock.now += 5  # idle seconds are not slow answers
+    answers_in_a_queue(adm, clock, 5, 0.2)
     assert adm.answer_interval_s == pytest.approx(0.2)
+
+
+def test_a_lone_request_does_not_set_the_pace():
+    """A lone answer's interval is its whole latency: a batching server answers 16 in little more."""
+    adm, clock = admission(max_wait_s=0.5)
+    for _ in range(10):  # warm-up requests, one at a time, 0.3 s each
+        answer_after(adm, clock, 0.3)
+    assert adm.answer_interval_s is None
+    held = [adm.admit() for _ in range(8)]
+    for t in held:
+        t.__enter__()  # 8 at once: not refused on 7 x 0.3 = 2.1 s of imagined wait
+    for t in held:
+        t.__exit__(None, None, None)
 
 
 def test_a_batch_that_ends_at_once_averages_to_its_time_per_request():
@@ -48,12 +74,25 @@ def test_a_batch_that_ends_at_once_averages_to_its_time_per_request():
         clock.now += 0.32
         for t in tickets:
             t.__exit__(None, None, None)
-    assert adm.answer_interval_s == pytest.approx(0.02, rel=0.5)
+    # 15 answers with company per batch (the last had none): 0.32 s / 15.
+    assert adm.answer_interval_s == pytest.approx(0.32 / 15)
+
+
+def test_one_batch_is_enough_for_a_pace():
+    adm, clock = admission(max_wait_s=0.0)
+    tickets = [adm.admit() for _ in range(16)]
+    for t in tickets:
+        t.__enter__()
+    clock.now += 0.32
+    for t in tickets:
+        t.__exit__(None, None, None)
+    # 15 answers with company: one interval of 0.32 s and 14 of none (the last had no company).
+    assert adm.answer_interval_s == pytest.approx(0.32 / 15)
 
 
 def test_refuses_when_the_requests_ahead_would_take_longer_than_the_limit():
     adm, clock = admission(max_wait_s=0.5)
-    answer_after(adm, clock, 0.2)  # 0.2 s per answer
+    answers_in_a_queue(adm, clock, 4, 0.2)  # 0.2 s per answer
     held = [adm.admit() for _ in range(3)]
     for t in held:
         t.__enter__()  # the third had 2 x 0.2 = 0.4 s ahead of it: admitted
@@ -65,31 +104,50 @@ def test_refuses_when_the_requests_ahead_would_take_longer_than_the_limit():
     assert adm.items == 0
 
 
-def test_a_lone_request_is_always_admitted_however_slow_the_last_one_was():
+def test_a_stale_pace_is_forgotten():
+    """A slow pace from a flood long over must not keep refusing; nor linger in the next mean."""
     adm, clock = admission(max_wait_s=0.5)
-    answer_after(adm, clock, 30.0)  # one 30 s answer (a long recording, say)
+    answers_in_a_queue(adm, clock, 4, 1.0)  # a flood: 1 s per answer
+    assert adm.answer_interval_s == pytest.approx(1.0)
+    clock.now += 11
+    assert adm.answer_interval_s is None
+    held = [adm.admit() for _ in range(5)]
+    for t in held:
+        t.__enter__()  # admitted: 5 x 1 s of wait is no longer believed
+    for t in held:
+        clock.now += 0.01
+        t.__exit__(None, None, None)
+    assert adm.answer_interval_s == pytest.approx(0.01)  # the flood's 1 s is not in the mean
+    assert adm.answer_interval_s == pytest.approx(0.01)
+
+
+def test_a_request_with_nothing_ahead_is_always_admitted_however_slow_the_last_ones_were():
+    adm, clock = admission(max_wait_s=0.5)
+    answers_in_a_queue(adm, clock, 2, 30.0)  # 30 s answers (long recordings, say)
+    assert adm.answer_interval_s == pytest.approx(30.0)
     with adm.admit():
         pass
 
 
 def test_failed_requests_do_not_make_the_server_look_fast():
     adm, clock = admission()
-    answer_after(adm, clock, 0.2)
-    keep = adm.admit()
-    keep.__enter__()
+    keep = [adm.admit() for _ in range(2)]
+    for t in keep:
+        t.__enter__()
     for _ in range(50):  # bad input, refused in a millisecond each
         with pytest.raises(ValueError), adm.admit():
             clock.now += 0.001
             raise ValueError("bad audio")
     clock.now += 0.15
-    keep.__exit__(None, None, None)
+    keep[0].__exit__(None, None, None)
+    keep[1].__exit__(None, None, None)
     # Their time went to the next answer: (0.05 + 0.15) s, not 50 answers of 1 ms.
     assert adm.answer_interval_s == pytest.approx(0.2)
 
 
 def test_zero_means_no_wait_limit():
     adm, clock = admission(max_wait_s=0.0)
-    answer_after(adm, clock, 10.0)
+    answers_in_a_queue(adm, clock, 2, 10.0)
     held = [adm.admit() for _ in range(5)]
     for t in held:
         t.__enter__()

@@ -237,7 +237,10 @@ def test_full_queue_rejects_at_once(engine, tiny_models):
 
 def test_wait_limit_refuses_while_the_requests_ahead_would_take_too_long(engine, tiny_models):
     async def body(p):
-        await p.recognize(AudioInput(encode(speechlike(1.0))), RecognitionOptions())  # a real answer sets the pace
+        # Real answers set the pace, if they came while others waited (a lone one does not).
+        await p.recognize(AudioInput(encode(speechlike(1.0))), RecognitionOptions())
+        assert p.admission.answer_interval_s is None
+        await asyncio.gather(*(p.recognize(AudioInput(encode(speechlike(1.0, seed=s))), RecognitionOptions()) for s in (2, 3)))
         interval = p.admission.answer_interval_s
         # One request in flight: about `interval` of wait, over the 1 ms limit.
         with p.admission.admit(), pytest.raises(Overloaded, match=r"the 1 requests in progress would take about .* \(limit 0.001 s\)"):

@@ -16,6 +16,7 @@ accepted requests keep their latency and the rest are refused at once, free to r
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,10 +41,17 @@ class Ticket:
         metrics.QUEUE_AUDIO.labels(a.model_name).set(a.audio_s)
 
 
-# Weight of the newest interval in the running mean of the time between answers. Answers come
-# in bursts (a batch of 16 ends at once: one long interval, then 15 of about zero), so the mean
-# must span a few batches to be steady: 1/32 gives the last ~32 answers most of the weight.
-_INTERVAL_WEIGHT = 1 / 32
+# How the pace (the time between answers) is averaged: each answer's interval is added to a sum,
+# and the sum and the count of answers both fade with time (by e every this many seconds), so
+# the pace is the mean of the last second or so. Answers come in bursts (a batch of 16 ends at
+# once: one long interval, then 15 of about zero); fading by time, not per answer, gives every
+# answer of a burst the same weight, so one batch already gives its true time per answer, where
+# a running mean over answers would weigh the long interval least and read 20 % fast.
+_PACE_TIME_CONSTANT_S = 1.0
+# A pace not renewed for this long is forgotten (no wait limit until answers come with company
+# again): it may date from a flood long over, and while it is slow enough to let only lone
+# requests in, nothing would renew it.
+_PACE_TTL_S = 10.0
 
 
 class Admission:
@@ -55,10 +63,17 @@ class Admission:
         self.items = 0
         self.audio_s = 0.0
         self._clock = clock
-        # Running mean of the time between successful answers, measured only while requests are
-        # in flight (an idle minute is not a slow answer); None until the first answer.
-        self.answer_interval_s: float | None = None
+        self._pace_sum_s = 0.0  # faded sum of the intervals between answers given with others in flight
+        self._pace_count = 0.0  # faded count of those answers
+        self._paced_at: float | None = None  # when the last one came
         self._busy_mark: float | None = None  # the last answer, or the start of the busy spell
+
+    @property
+    def answer_interval_s(self) -> float | None:
+        """The recent time between answers while others waited; None until known, or once stale."""
+        if self._paced_at is None or self._clock() - self._paced_at > _PACE_TTL_S:
+            return None
+        return self._pace_sum_s / self._pace_count
 
     def expected_wait_s(self) -> float:
         """How long a request admitted now would wait for the ones ahead of it (Little's law)."""
@@ -94,11 +109,19 @@ class Admission:
     def _note_answer(self, answered: bool) -> None:
         # Only answers count: refusals and bad input end fast and would make the server look
         # quicker than it is. Their time is folded into the next answer's interval instead.
+        # And only answers given while others were in flight: a lone request's interval is its
+        # whole latency, which says nothing of how fast a queue drains when batches form (a GPU
+        # answers one 2 s utterance in 90 ms and sixteen in 330). Seeded by lone warm-up
+        # requests, the pace refused requests at half load.
         now = self._clock()
         if answered and self._busy_mark is not None:
-            interval = now - self._busy_mark
-            mean = self.answer_interval_s
-            self.answer_interval_s = interval if mean is None else mean + _INTERVAL_WEIGHT * (interval - mean)
+            if self.items > 0:
+                if self._paced_at is None or now - self._paced_at > _PACE_TTL_S:  # forgotten: start afresh
+                    self._pace_sum_s = self._pace_count = 0.0
+                fade = math.exp(-(now - self._paced_at) / _PACE_TIME_CONSTANT_S) if self._paced_at is not None else 0.0
+                self._pace_sum_s = self._pace_sum_s * fade + (now - self._busy_mark)
+                self._pace_count = self._pace_count * fade + 1
+                self._paced_at = now
             self._busy_mark = now
         if self.items == 0:
             self._busy_mark = None
