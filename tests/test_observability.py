@@ -53,7 +53,7 @@ POD = "paraformer-asr-test-0"
 
 # Labels the service may put on its series (plus `le` of histograms). Anything else, above all a
 # request id or a peer address, would make the number of series grow with traffic.
-ALLOWED_LABELS = {"rpc", "code", "model", "role", "reason", "device", "le", "version", "grpcio", "python", "outcome"}
+ALLOWED_LABELS = {"rpc", "code", "model", "role", "reason", "device", "le", "version", "grpcio", "python", "outcome", "generation"}
 
 
 # ====================================================================== helpers
@@ -613,6 +613,15 @@ def test_traffic_formed_batches_and_dropped_a_late_segment(observed):
     # that it never reached the ASR model and was counted does not.
     dropped = sum(metrics.DROPPED_BEFORE_MODEL.labels("tiny", reason)._value.get() for reason in ("deadline", "cancelled"))
     assert dropped >= 1, "the request whose deadline passed before the model should have been counted as dropped"
+
+
+@pytest.mark.integration
+def test_garbage_collector_pauses_are_on_the_scrape(observed):
+    """Loading ends in one full collection (then the models are frozen out of the collector): it was timed."""
+    counts = {g: float(n) for g, n in re.findall(r'paraformer_asr_gc_pause_seconds_count\{generation="(\d)"\} (\S+)', observed.scrape)}
+    assert set(counts) == {"0", "1", "2"}
+    assert counts["2"] >= 1
+    assert counts["0"] > counts["1"] > 0  # young collections are the many, as traffic allocates
 
 
 @pytest.mark.integration

@@ -96,6 +96,7 @@ def _listen(server: grpc.aio.Server, address: str, credentials: grpc.ServerCrede
 async def start_server(settings: Settings) -> RunningServer:
     """Listen at once (health NOT_SERVING) so probes and clients get answers while models load."""
     metrics.BUILD_INFO.info({"version": __version__, "grpcio": grpc.__version__, "python": platform.python_version()})
+    metrics.time_garbage_collections()
     default_model, per_model = model_settings(settings)  # a bad models_config fails here, before listening
     interceptors: list[grpc.aio.ServerInterceptor] = [RequestInterceptor()]
     tokens = TokenStore(settings.auth_tokens_file, tuple(t.strip() for t in settings.auth_tokens.split(",")))
