@@ -301,6 +301,15 @@ class Server:
                     out["rejected_server"] = out.get("rejected_server", 0.0) + sample.value
                 elif sample.labels.get("code") == "RESOURCE_EXHAUSTED" and sample.name.endswith("request_duration_seconds_sum"):
                     out["rejected_server_seconds"] = out.get("rejected_server_seconds", 0.0) + sample.value
+                # The server's garbage-collector pauses by generation: count, total, and how many under 50 ms.
+                if "gc_pause_seconds" in sample.name:
+                    gen = sample.labels.get("generation")
+                    if sample.name.endswith("_count"):
+                        out[f"gc{gen}_count"] = sample.value
+                    elif sample.name.endswith("_sum"):
+                        out[f"gc{gen}_seconds"] = sample.value
+                    elif sample.labels.get("le") == "0.05":
+                        out[f"gc{gen}_within_50ms"] = sample.value
         return out
 
 

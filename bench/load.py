@@ -377,6 +377,16 @@ async def overload(args, server: Server, audio: AudioSet, sustainable_rps: float
         within = after.get("rejected_within_10ms_server", 0) - before.get("rejected_within_10ms_server", 0)
         seconds = after.get("rejected_server_seconds", 0) - before.get("rejected_server_seconds", 0)
         result["server_side_rejections"] = {"count": int(n), "within_10ms_fraction": round(within / n, 4), "mean_ms": round(1000 * seconds / n, 2)}
+    # Garbage collections during the three phases: a full one stops every RPC (app/metrics.py).
+    gc_pauses = {}
+    for gen in ("0", "1", "2"):
+        count = after.get(f"gc{gen}_count", 0) - before.get(f"gc{gen}_count", 0)
+        if count:
+            long_ones = count - (after.get(f"gc{gen}_within_50ms", 0) - before.get(f"gc{gen}_within_50ms", 0))
+            total = after.get(f"gc{gen}_seconds", 0) - before.get(f"gc{gen}_seconds", 0)
+            gc_pauses[gen] = {"count": int(count), "total_ms": round(1000 * total, 1), "over_50ms": int(long_ones)}
+    if gc_pauses:
+        result["server_gc_pauses"] = gc_pauses
     over_start, over_end = base_s, base_s + over_s
     for name, calls in out.items():
         ok = [c for c in calls if c.code == "OK"]
@@ -460,6 +470,10 @@ def print_overload(o: dict, queue_items: int, sweep_ref: dict | None) -> None:
     if o.get("server_side_rejections"):
         sr = o["server_side_rejections"]
         log(f"  server-side (its latency histogram): {sr['count']} refusals, mean {sr['mean_ms']} ms, {100 * sr['within_10ms_fraction']:.1f} % within 10 ms")
+    if o.get("server_gc_pauses"):
+        log("  server's garbage collections in the three phases: " + ", ".join(
+            f"generation {g}: {v['count']} ({v['total_ms']} ms in all, {v['over_50ms']} over 50 ms)" for g, v in o["server_gc_pauses"].items()
+        ))  # fmt: skip
     if o.get("server_rejected_by_reason"):
         limit = f" (expected-wait limit {o['queue_wait_limit_s']} s)" if o.get("queue_wait_limit_s") else ""
         log(f"  refusals by reason{limit}: " + ", ".join(f"{k} {v}" for k, v in o["server_rejected_by_reason"].items()))

@@ -77,6 +77,9 @@ def overload_table(o: dict) -> str:
         sr = o["server_side_rejections"]
         within = 100 * sr["within_10ms_fraction"]
         notes.append(f"- refusals as the server timed them (latency histogram): {sr['count']}, mean {sr['mean_ms']} ms, {within:.1f} % within 10 ms")
+    if o.get("server_gc_pauses"):
+        pauses = ", ".join(f"generation {g}: {v['count']} ({v['total_ms']} ms, {v['over_50ms']} over 50 ms)" for g, v in o["server_gc_pauses"].items())
+        notes.append(f"- the server's garbage collections in the three phases: {pauses}")
     if ref:
         notes.append(f"- closed loop at {ref['concurrency']} clients, same server settings: p50 {ref['p50_ms']} ms, p99 {ref['p99_ms']} ms")
     notes.append(
