@@ -65,28 +65,27 @@ def test_a_lone_request_does_not_set_the_pace():
         t.__exit__(None, None, None)
 
 
+def a_batch_ends_at_once(adm: Admission, clock: Clock, size: int, seconds: float) -> None:
+    tickets = [adm.admit() for _ in range(size)]
+    for t in tickets:
+        t.__enter__()
+    clock.now += seconds
+    for t in tickets:
+        t.__exit__(None, None, None)
+
+
 def test_a_batch_that_ends_at_once_averages_to_its_time_per_request():
     adm, clock = admission(max_wait_s=0.0)  # measuring only
     for _ in range(10):  # batches of 16 requests, each batch 0.32 s: 20 ms per answer
-        tickets = [adm.admit() for _ in range(16)]
-        for t in tickets:
-            t.__enter__()
-        clock.now += 0.32
-        for t in tickets:
-            t.__exit__(None, None, None)
+        a_batch_ends_at_once(adm, clock, 16, 0.32)
     # 15 answers with company per batch (the last had none): 0.32 s / 15.
     assert adm.answer_interval_s == pytest.approx(0.32 / 15)
 
 
 def test_one_batch_is_enough_for_a_pace():
     adm, clock = admission(max_wait_s=0.0)
-    tickets = [adm.admit() for _ in range(16)]
-    for t in tickets:
-        t.__enter__()
-    clock.now += 0.32
-    for t in tickets:
-        t.__exit__(None, None, None)
-    # 15 answers with company: one interval of 0.32 s and 14 of none (the last had no company).
+    a_batch_ends_at_once(adm, clock, 16, 0.32)
+    # One interval of 0.32 s and 14 of none (the last answer had no company): no slower start.
     assert adm.answer_interval_s == pytest.approx(0.32 / 15)
 
 
