@@ -18,7 +18,6 @@ text and the word-to-character expansion of word-level models (those that ship a
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -94,12 +93,12 @@ def _mark_mini_sentence(model, text: _Text, words: list[str], ids: np.ndarray, m
             marks[sentence_end] = model.sentence_end_id
         text.carried_words, text.carried_ids = words[sentence_end + 1 :], ids[sentence_end + 1 :]
         marks = marks[: sentence_end + 1]
-    elif _needs_final_stop(punc_list, words[-1], punc_list[marks[-1]]):
+    elif _needs_final_stop(words[-1], punc_list[marks[-1]]):
         marks[-1] = model.sentence_end_id
     text.marks.extend(marks)
 
 
-def _needs_final_stop(punc_list: list[str], word: str, mark: str) -> bool:
+def _needs_final_stop(word: str, mark: str) -> bool:
     """Whether FunASR ends the text with a full stop: its rule reads the last character it wrote.
 
     That is the mark after the last word (in ASCII after a word that starts with an ASCII
@@ -121,9 +120,9 @@ def _needs_final_stop(punc_list: list[str], word: str, mark: str) -> bool:
 def _words_to_characters(words: list[str], marks: list[int]) -> list[int]:
     """Word-level models mark words: give each extra character of a Chinese word "no mark" (id 1), as FunASR does.
 
-    The range check is FunASR's, "\u0e00" included.
+    The range check is FunASR's own: it starts at U+0E00, not U+4E00.
     """
-    expanded = copy.copy(marks)
+    expanded = list(marks)
     for i, word in enumerate(reversed(words)):
         if "\u0e00" <= word[0] <= "\u9fa5" and len(word) > 1:
             at = len(words) - i - 1
