@@ -59,7 +59,7 @@ def test_per_request_vad_setting_does_not_leak(engine):
 
 def test_punctuation_aligns_with_tokens(engine):
     tokens = ["今", "天", "天", "气", "很", "好", "我", "们", "去", "公", "园"]
-    marks = asyncio.run(engine.punctuate(tokens))
+    (marks,) = asyncio.run(engine.punctuate_many([tokens]))
     assert len(marks) == len(tokens)
     assert all(m in ("", "，", "。", "？", "、") for m in marks)
 

@@ -258,10 +258,11 @@ class StreamingSession:
             self.finished = True
 
     async def _punctuate_online(self, text: str, options: RecognitionOptions) -> str:
-        if not text or not options.punctuation or not self.engine.has_punctuation:
+        if not text or not options.punctuation or self.pipeline.punctuation is None:
             return text
         tokens = re.findall(r"[A-Za-z0-9']+|\S", text)
-        marks = await self.engine.punctuate(tokens)
+        # Shares passes with the other streams' interims and the unary requests' transcripts.
+        marks = await self.pipeline.punctuation.submit(tokens)
         if marks is None:
             return text
         return join_tokens([t + m for t, m in zip(tokens, marks, strict=True)])

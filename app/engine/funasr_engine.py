@@ -301,15 +301,11 @@ class FunasrEngine:
         """One batched engine call; results in input order."""
         return await self._workers["asr"].run(self._transcribe, list(segments), hotwords)
 
-    async def punctuate(self, tokens: Sequence[str]) -> list[str] | None:
-        """A punctuation mark ('' for none) after each token, or None when they cannot be aligned."""
-        (marks,) = await self.punctuate_many([tokens])
-        if isinstance(marks, Exception):
-            raise marks
-        return marks
-
     async def punctuate_many(self, texts: Sequence[Sequence[str]]) -> list[list[str] | Exception | None]:
         """The marks of many token lists in one pass of the model; per list, its marks, None or its own error.
+
+        A mark is the punctuation ('' for none) after each token; None where the model's units
+        could not be aligned with the tokens.
 
         One pass for all: see punctuation.py. When the pass raises, each list is tried alone,
         so that one text the model cannot take fails only its own request.
