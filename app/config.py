@@ -235,7 +235,7 @@ class Settings:
         "Refuse new requests (RESOURCE_EXHAUSTED) when the requests already admitted would take longer than this "
         "to answer, estimated from the recent time between answers given while others waited (Little's law). As the "
         "server slows down under a flood of calls, its queue shortens, so accepted requests keep their latency. "
-        "Accepted requests wait about this long plus their own batch: set it to about two thirds of the latency "
+        "Accepted requests wait about this long plus their own batch: set it to about half the latency "
         "clients can afford, and above the time one request of your longest kind takes. 0: no limit.",
         group="batching",
         default=0.0,

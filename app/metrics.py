@@ -97,7 +97,9 @@ def _time_collection(phase: str, info: dict) -> None:
     if phase == "start":
         _gc_started_at[0] = time.perf_counter()
     else:
-        _GC_PAUSE_BY_GENERATION[info["generation"]].observe(time.perf_counter() - _gc_started_at[0])
+        generation = info["generation"]
+        child = _GC_PAUSE_BY_GENERATION.get(generation) or GC_PAUSE.labels(str(generation))  # another CPython's generations
+        child.observe(time.perf_counter() - _gc_started_at[0])
 
 
 def init_model_series(model: str, max_items: int, max_audio_s: float, max_streams: int) -> None:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The benchmarks of docs/benchmarks.md on a CUDA machine, sized to finish in about seven minutes:
+# The benchmarks of docs/benchmarks.md on a CUDA machine, capped at about ten minutes (timeouts
+# of 330 s and 200 s, plus the model build; the fifth session's run without the long set took about 6 min):
 # batching on vs off with the Paraformer-large-sized random model (unary), the same model at 10x
 # its sustainable load, then how many real-time streams it sustains. Results go to
 # bench/results/gpu-*.json and OUT_DIR.

@@ -8,7 +8,8 @@ Why a lower priority (``inference_nice``): when the CPU is short, the thread tha
 should win. It answers health probes, and under a flood it refuses the calls the queue cannot
 take, in about half a millisecond each. At the same priority as inference, on the 2-core benchmark
 machine at 10x load, 11 % of those refusals took over 10 ms at the client (p99 30 ms); with the
-model threads at nice 10, 0.7-1.6 % (p99 9-12 ms; docs/benchmarks.md). An idle CPU runs a niced
+model threads at nice 10, 0.7-1.6 % (p99 9-12 ms; docs/benchmarks.md). At the higher 10x of a later,
+faster server (1,100 calls/s) it was 2.5-3.2 % at nice 10 (p99 17-22 ms). An idle CPU runs a niced
 thread at full speed, so this changes nothing until the CPU is short.
 """
 
