@@ -120,6 +120,28 @@ def test_a_stale_pace_is_forgotten():
     assert adm.answer_interval_s == pytest.approx(0.01)
 
 
+def test_a_lone_answer_faster_than_the_pace_lowers_it():
+    """After a flood, a pace slower than the limit admits only lone requests: their answers must bring it down."""
+    adm, clock = admission(max_wait_s=0.3)
+    answers_in_a_queue(adm, clock, 4, 0.4)  # the flood: 0.4 s per answer
+    first = adm.admit()
+    first.__enter__()
+    with pytest.raises(Overloaded):  # 1 x 0.4 s ahead: only lone requests get in
+        adm.admit().__enter__()
+    clock.now += 0.06
+    first.__exit__(None, None, None)  # answered alone in 60 ms
+    assert adm.answer_interval_s == pytest.approx(0.06)
+    held = [adm.admit() for _ in range(5)]
+    for t in held:
+        t.__enter__()  # 4 x 0.06 s ahead of the fifth: admitted
+    for t in held:
+        clock.now += 0.05
+        t.__exit__(None, None, None)
+    pace = adm.answer_interval_s
+    answer_after(adm, clock, 0.5)  # a lone answer slower than the pace does not raise it
+    assert adm.answer_interval_s == pytest.approx(pace)
+
+
 def test_a_request_with_nothing_ahead_is_always_admitted_however_slow_the_last_ones_were():
     adm, clock = admission(max_wait_s=0.5)
     answers_in_a_queue(adm, clock, 2, 30.0)  # 30 s answers (long recordings, say)

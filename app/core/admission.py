@@ -67,6 +67,7 @@ class Admission:
         self._pace_count = 0.0  # faded count of those answers
         self._paced_at: float | None = None  # when the last one came
         self._busy_mark: float | None = None  # the last answer, or the start of the busy spell
+        self._admitted_in_spell = 0  # requests admitted since the queue was last empty (1: a lone request)
 
     @property
     def answer_interval_s(self) -> float | None:
@@ -92,6 +93,8 @@ class Admission:
             )
         if self.items == 0:
             self._busy_mark = self._clock()
+            self._admitted_in_spell = 0
+        self._admitted_in_spell += 1
         self.items += 1
         metrics.QUEUE_ITEMS.labels(self.model_name).set(self.items)
         ticket = Ticket(self)
@@ -115,13 +118,21 @@ class Admission:
         # lone warm-up requests, the pace refused requests at half load.
         now = self._clock()
         if answered and self._busy_mark is not None:
+            interval = now - self._busy_mark
             if self.items > 0:
                 if self._paced_at is None or now - self._paced_at > _PACE_TTL_S:  # forgotten: start afresh
                     self._pace_sum_s = self._pace_count = 0.0
                 fade = math.exp(-(now - self._paced_at) / _PACE_TIME_CONSTANT_S) if self._paced_at is not None else 0.0
-                self._pace_sum_s = self._pace_sum_s * fade + (now - self._busy_mark)
+                self._pace_sum_s = self._pace_sum_s * fade + interval
                 self._pace_count = self._pace_count * fade + 1
                 self._paced_at = now
+            elif self._admitted_in_spell == 1 and (pace := self.answer_interval_s) is not None and interval < pace:
+                # A lone answer cannot set a pace, but it bounds one: a server that answered a
+                # request alone in this time answers at least one per this time under load. Without
+                # this bound a pace slower than the limit, left by a flood, let only lone requests
+                # in, and their answers never renewed it: a tiny server refused 420 of 680 requests
+                # at half load for 10 s after a flood (docs/benchmarks.md, sixth session).
+                self._pace_sum_s = interval * self._pace_count
             self._busy_mark = now
         if self.items == 0:
             self._busy_mark = None
