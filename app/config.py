@@ -106,6 +106,17 @@ class Settings:
         group="models",
         default=-1,
     )
+    model_processes: str = _opt(
+        "Run the offline ASR model and the punctuation model each in a worker process of its own (on) or on threads "
+        "of the server process (off); auto: on when the device is a GPU. On a thread, the model's Python shares the "
+        "server's GIL with the event loop, which capped an H200 server at 1.7 busy cores and 49 requests/s; on a "
+        "2-core CPU the processes compete with the event loop for the cores instead, which slowed refusals under a "
+        "flood (docs/benchmarks.md). A worker that dies fails the batch it was running (its segments are retried "
+        "alone) and is restarted. With torch_threads 0, the ASR process takes half the cores, punctuation a quarter.",
+        group="models",
+        default="auto",
+        choices=("auto", "on", "off"),
+    )
     inference_nice: int = _opt(
         "Run the model threads and worker processes this much lower in CPU priority (Linux nice, 0-19) than the "
         "event loop that takes calls in, so that when the CPU is short, health checks and refusals of a full "
@@ -278,6 +289,10 @@ class Settings:
         return "--" + name.replace("_", "-")
 
     def validate(self) -> Settings:
+        for f in fields(self):
+            allowed = f.metadata["choices"]
+            if allowed and getattr(self, f.name) not in allowed:
+                raise ConfigError(f"{f.name} must be one of {', '.join(allowed)}, not {getattr(self, f.name)!r}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
         positive = (
@@ -395,12 +410,7 @@ def load_settings(args: argparse.Namespace | None = None, environ: dict[str, str
             values[f.name] = flag_value
         elif env in environ:
             values[f.name] = _parse_value(_field_type(f), environ[env], env)
-    settings = Settings(**values)
-    choices = {f.name: f.metadata["choices"] for f in fields(Settings) if f.metadata["choices"]}
-    for name, allowed in choices.items():
-        if getattr(settings, name) not in allowed:
-            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(settings, name)!r}")
-    return settings.validate()
+    return Settings(**values).validate()
 
 
 def reference_markdown() -> str:
@@ -436,6 +446,7 @@ PER_MODEL_SETTINGS = (
     "torch_threads",
     "vad_processes",
     "stream_processes",
+    "model_processes",
     "allow_random_weights",
     "max_batch_size",
     "max_batch_audio_seconds",

@@ -8,8 +8,9 @@
 #   bash bench/gpu.sh [OUT_DIR]
 #
 # Knobs (environment): CONCURRENCY (default 1,32,64), SETS (short,long), OVERLOAD_WAIT (the
-# overload server's wait limit: seconds or p99, the default), STREAM_LEVELS (8,24,48; none skips
-# streaming), MODEL_DIR, PYTHON, DEVICE.
+# overload server's wait limit: seconds or p99, the default), MODEL_PROCESSES (the servers'
+# --model-processes: auto, the default, is on with CUDA; run once with off to compare), STREAM_LEVELS
+# (8,24,48; none skips streaming), MODEL_DIR, PYTHON, DEVICE.
 #
 # Needs python3 with a CUDA torch and the project's dependencies importable (an installed
 # checkout, or PYTHONPATH). Models are built into MODEL_DIR (default /tmp/paraformer-bench/large).
@@ -40,8 +41,8 @@ timeout 330 $py -m bench.load --models "$models" --preset large --device "$devic
     --sets "${SETS:-short,long}" --concurrency "${CONCURRENCY:-1,32,64}" --long-concurrency 8 --point-seconds 12 --long-point-seconds 20 \
     --min-requests 16 --max-requests 2000 --long-max-requests 24 --timeout-s 120 \
     --overload-queue-wait "${OVERLOAD_WAIT:-p99}" --overload-phases 5,10,10 \
-    --label gpu-large --plot none
-cp bench/results/gpu-large.json "$out/" 2>/dev/null
+    --server-flag "model-processes=${MODEL_PROCESSES:-auto}" --label "gpu-large-mp-${MODEL_PROCESSES:-auto}" --plot none
+cp "bench/results/gpu-large-mp-${MODEL_PROCESSES:-auto}.json" "$out/" 2>/dev/null
 
 # Streaming: real-time streams with the large-sized offline + online models on the GPU.
 [ "${STREAM_LEVELS:-}" = none ] && exit 0

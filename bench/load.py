@@ -242,6 +242,8 @@ def engine_settings(args, models, **overrides):
     )  # fmt: skip
     if "online_model" in Settings.__dataclass_fields__:
         values["online_model"] = "none"
+    if "model_processes" in Settings.__dataclass_fields__:
+        values["model_processes"] = "off"  # the direct call: the model in this process, as the baseline of "overhead"
     values.update(overrides)
     return Settings(**values).validate()
 

@@ -69,6 +69,7 @@ def settings_for(models: DemoModelDirs, **overrides) -> Settings:
         torch_threads=1,
         vad_processes=0,  # each worker process takes seconds to start; tests/test_vad_pool.py covers them
         stream_processes=0,  # the same; tests/test_stream_workers.py covers them
+        model_processes="off",  # the same, and fault hooks may be lambdas; tests/test_model_process.py covers them
         shutdown_grace_s=5.0,
         log_format="text",
         model_name="tiny",

@@ -122,7 +122,7 @@ def test_loaded_models_are_kept_out_of_the_cyclic_gc_until_the_engine_closes(tin
     import weakref
 
     eng = FunasrEngine.load(settings_for(tiny_models, vad_model="none", punc_model="none", online_model="none"))
-    asr = weakref.ref(eng._asr)
+    asr = weakref.ref(eng._calls["asr"].model)
     assert gc.get_freeze_count() > 10_000  # the models (and all else alive) skip full collections
     eng.close()
     assert gc.get_freeze_count() == 0  # thawed, so the model's reference cycles could be freed

@@ -22,11 +22,13 @@ from app.config import Settings
 from app.core.admission import Admission, StreamSlots
 from app.core.audio import TARGET_SAMPLE_RATE_HZ, AudioInput, AudioLimits, DecodedAudio, FileUpload, decode_audio
 from app.core.cache import MemoryStore, RedisStore, ResultCache, cache_key
-from app.core.errors import DeadlineExpired, InvalidConfig
+from app.core.errors import DeadlineExpired, InvalidConfig, Unavailable
 from app.core.scheduler import BatchPolicy, BatchScheduler
 from app.core.step_batcher import StepBatcher
 from app.core.text import Sentence, build_sentences, join_tokens
-from app.engine.funasr_engine import AsrHypothesis, FunasrEngine
+from app.engine.funasr_engine import FunasrEngine
+from app.engine.model_calls import AsrHypothesis
+from app.engine.model_process import ModelWorkerLost
 from app.engine.stream_workers import StreamStep
 
 log = logging.getLogger(__name__)
@@ -255,14 +257,17 @@ class RecognitionPipeline:
         if not pieces:
             return []
         _check_deadline(deadline, self.model_name)
-        hyps = await _all_or_nothing(self.scheduler.submit(chunk, options.hotwords, deadline) for _, _, chunk in pieces)
-        segments = [(offset_ms + start_ms, offset_ms + end_ms, hyp) for (start_ms, end_ms, _), hyp in zip(pieces, hyps, strict=True)]
-        marks = None
-        if options.punctuation and self.punctuation is not None:
-            tokens = [t for _, _, hyp in segments for t in hyp.tokens]
-            marks = await self.punctuation.submit(tokens) if tokens else []
-            if marks is None:
-                log.warning("punctuation could not be aligned with %d tokens; returning unpunctuated segments", len(tokens))
+        try:
+            hyps = await _all_or_nothing(self.scheduler.submit(chunk, options.hotwords, deadline) for _, _, chunk in pieces)
+            segments = [(offset_ms + start_ms, offset_ms + end_ms, hyp) for (start_ms, end_ms, _), hyp in zip(pieces, hyps, strict=True)]
+            marks = None
+            if options.punctuation and self.punctuation is not None:
+                tokens = [t for _, _, hyp in segments for t in hyp.tokens]
+                marks = await self.punctuation.submit(tokens) if tokens else []
+                if marks is None:
+                    log.warning("punctuation could not be aligned with %d tokens; returning unpunctuated segments", len(tokens))
+        except ModelWorkerLost as lost:  # the model's process died or is reloading: a retry can work
+            raise Unavailable(str(lost)) from None
         return build_sentences(segments, marks, with_words=options.word_times)
 
     def _cut(self, samples: np.ndarray, spans: list[tuple[int, int]]):

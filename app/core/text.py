@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app.engine.funasr_engine import AsrHypothesis
+from app.engine.model_calls import AsrHypothesis
 
 SENTENCE_END = frozenset("。？！?!.")
 

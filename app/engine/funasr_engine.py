@@ -2,7 +2,8 @@
 
 It loads the ASR, VAD and punctuation models through ``funasr.AutoModel`` exactly as users
 would, refuses weights that did not really load, warms each model up, and exposes async
-operations that run on each model's own thread (see ``worker.py``):
+operations that run on each model's own thread (see ``worker.py``) or, for the offline ASR and
+punctuation models with ``model_processes``, in each model's own worker process (``model_process.py``):
 
 - ``detect_speech``: VAD segments of a whole recording (in worker processes with ``vad_processes``);
 - ``transcribe``: ONE batched ASR call over many segments (from many requests);
@@ -31,8 +32,9 @@ from funasr import AutoModel
 from app.config import Settings
 from app.engine import features
 from app.engine.heap import freeze_loaded, thaw
-from app.engine.loader import ModelLoadError, ModelSource, is_disabled, resolve_model_dir, verify_weights
-from app.engine.punctuation import punctuation_ids
+from app.engine.loader import ModelLoadError, ModelSource, is_disabled, open_model, resolve_model_dir
+from app.engine.model_calls import AsrCall, AsrHypothesis, PunctuationCall
+from app.engine.model_process import ModelProcess, sum_gpu_memory
 from app.engine.stream_steps import OnlineStep, VadStep, accept_precomputed_scores, run_online_steps, run_vad_steps
 from app.engine.stream_workers import StreamState, StreamStep, StreamWorkerPool
 from app.engine.vad_pool import VadProcessPool, detect_speech
@@ -41,16 +43,6 @@ from app.engine.worker import ModelWorker
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE_HZ = 16000
-
-
-@dataclass(frozen=True)
-class AsrHypothesis:
-    """What the ASR model made of one segment."""
-
-    tokens: tuple[str, ...]
-    # (start_ms, end_ms) per token, relative to the segment start; None when the model gives none
-    # or they do not line up with the tokens.
-    token_times_ms: tuple[tuple[int, int], ...] | None
 
 
 @dataclass
@@ -78,41 +70,26 @@ def resolve_device(requested: str) -> str:
     return "cpu"
 
 
-def _mask_padded_encoder_frames(model) -> None:
-    """Make batched decoding give each segment the text it gets alone.
-
-    Paraformer's encoder leaves non-zero values in the padded frames of a batch, and the CIF
-    predictor reads them: its context convolution looks one frame ahead, and its tail step
-    integrates the frame after the last real one. Alone, that frame is zero padding; in a batch
-    it is leftover encoder output, which can change a segment's last token. Zeroing the padded
-    frames restores batch invariance, which dynamic batching across requests depends on.
-    """
-    import torch
-
-    encode = getattr(model, "encode", None)
-    if encode is None:
-        return
-
-    def masked_encode(speech, speech_lengths, *args, **kwargs):
-        out = encode(speech, speech_lengths, *args, **kwargs)
-        if not (isinstance(out, tuple) and len(out) == 2 and out[0].dim() == 3 and out[0].shape[0] > 1):
-            return out
-        encoder_out, lengths = out
-        frames = torch.arange(encoder_out.shape[1], device=encoder_out.device)
-        mask = (frames[None, :] < lengths[:, None].to(encoder_out.device)).unsqueeze(-1)
-        return encoder_out * mask.to(encoder_out.dtype), lengths
-
-    model.encode = masked_encode
+def _log_loaded(role: str, source: ModelSource, report: LoadReport, where: str = "") -> None:
+    log.info(
+        "loaded %s model from %s%s in %.2f s (%d tensors verified)%s",
+        role,
+        source.path,
+        where,
+        report.load_seconds[role],
+        report.tensors_verified[role],
+        " -- RANDOM WEIGHTS, DEMO ONLY" if source.random_weights else "",
+    )
 
 
 class FunasrEngine:
-    """ASR (+ optional VAD and punctuation) models, each confined to its own worker thread."""
+    """ASR (+ optional VAD and punctuation) models, each confined to its own worker thread or process."""
 
     def __init__(
         self,
-        asr: AutoModel,
+        asr: AutoModel | ModelProcess,
         vad: AutoModel | None,
-        punc: AutoModel | None,
+        punc: AutoModel | ModelProcess | None,
         device: str,
         report: LoadReport,
         online: AutoModel | None = None,
@@ -120,9 +97,17 @@ class FunasrEngine:
     ):
         self.device = device
         self.report = report
-        self._asr, self._vad, self._punc, self._online = asr, vad, punc, online
-        _mask_padded_encoder_frames(asr.model)
-        self._workers = {"asr": ModelWorker("asr", inference_nice)}
+        self._vad, self._online = vad, online
+        self._workers: dict[str, ModelWorker] = {}
+        # The offline ASR and punctuation models: in a worker process (model_processes) or here, on a thread.
+        self._processes: dict[str, ModelProcess] = {}
+        self._calls: dict[str, AsrCall | PunctuationCall] = {}
+        for role, model in (("asr", asr), ("punc", punc)):
+            if isinstance(model, ModelProcess):
+                self._processes[role] = model
+            elif model is not None:
+                self._calls[role] = AsrCall(model) if role == "asr" else PunctuationCall(model, device)
+                self._workers[role] = ModelWorker(role, inference_nice)
         if online is not None:
             self._workers["online"] = ModelWorker("online", inference_nice)
         if vad is not None:
@@ -130,16 +115,34 @@ class FunasrEngine:
             accept_precomputed_scores(vad.model)
             # The model's own end-of-speech silence (see vad_pool.detect_speech).
             self._vad_default_end_silence_ms = vad.model.vad_opts.max_end_silence_time
-        if punc is not None:
-            self._workers["punc"] = ModelWorker("punc", inference_nice)
-            self._punc_marks = ["" if p in ("_", "<unk>") else p for p in punc.model.punc_list]
-        # Test-only fault injection (issue: "one bad item must not fail its neighbours"): called on
-        # the worker thread with the segments of every ASR call; raising fails that call.
-        self.fault_hook: Callable[[Sequence[np.ndarray]], None] | None = None
-        self.punc_fault_hook: Callable[[Sequence[Sequence[str]]], None] | None = None  # the same, for punctuation passes
         self.vad_pool: VadProcessPool | None = None  # whole-recording VAD in processes, when configured
         self.stream_pool: StreamWorkerPool | None = None  # live streams' VAD and online steps in processes, when configured
         self.asr_calls = 0  # engine calls made, observable by tests and metrics
+
+    # Test-only fault injection (issue: "one bad item must not fail its neighbours"): called with
+    # the segments of every ASR call (the texts of every punctuation pass); raising fails that call.
+    # A model in a worker process takes only a picklable hook (a module-level function, say).
+    @property
+    def fault_hook(self) -> Callable[[Sequence[np.ndarray]], None] | None:
+        return self._calls["asr"].fault_hook if "asr" in self._calls else None
+
+    @fault_hook.setter
+    def fault_hook(self, hook: Callable[[Sequence[np.ndarray]], None] | None) -> None:
+        self._set_fault_hook("asr", hook)
+
+    @property
+    def punc_fault_hook(self) -> Callable[[Sequence[Sequence[str]]], None] | None:
+        return self._calls["punc"].fault_hook if "punc" in self._calls else None
+
+    @punc_fault_hook.setter
+    def punc_fault_hook(self, hook: Callable[[Sequence[Sequence[str]]], None] | None) -> None:
+        self._set_fault_hook("punc", hook)
+
+    def _set_fault_hook(self, role: str, hook) -> None:
+        if role in self._processes:
+            self._processes[role].set_fault_hook(hook)
+        else:
+            self._calls[role].fault_hook = hook
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -156,65 +159,58 @@ class FunasrEngine:
         cores = len(os.sched_getaffinity(0))
         vad_processes = settings.vad_processes if settings.vad_processes >= 0 else min(4, max(1, cores // 4))
         stream_processes = settings.stream_processes if settings.stream_processes >= 0 else min(4, max(1, cores // 4))
-        models: dict[str, AutoModel | None] = {}
+        in_processes = settings.model_processes == "on" or (settings.model_processes == "auto" and device.startswith("cuda"))
+        # Processes do not take turns on one GIL: threads for all of them would oversubscribe the cores.
+        # Halves and quarters: on 2 cores, 1 thread each gave 160 requests/s, 2 for ASR 96 (docs/benchmarks.md).
+        process_threads = {"asr": settings.torch_threads or max(1, cores // 2), "punc": settings.torch_threads or max(1, cores // 4)}
+        models: dict[str, AutoModel | ModelProcess | None] = {}
         online_dir: str | None = None  # the online model's directory when only stream workers load it
-        for role, spec in roles.items():
-            if is_disabled(spec):
-                models[role] = None
-                log.info("%s model disabled", role)
-                continue
-            source = resolve_model_dir(
-                role,
-                spec,
-                revision=settings.model_revision,
-                cache_dir=settings.model_cache_dir,
-                offline=settings.offline,
-                download_timeout_s=settings.download_timeout_s,
-                allow_random=settings.demo or settings.allow_random_weights,
-            )
-            report.sources[role] = source
-            if role == "online" and stream_processes:
-                # Only live streams use it, and their steps run in the workers: a copy here would
-                # hold memory (GPU memory, on a GPU) for nothing. The workers load and verify it.
-                models[role], online_dir = None, str(source.path)
-                continue
-            start = time.perf_counter()
-            try:
-                model = AutoModel(
-                    model=str(source.path),
-                    device=device,
-                    ncpu=threads,
-                    disable_update=True,  # otherwise FunASR asks PyPI for a newer version, with no timeout
-                    disable_pbar=True,
-                    disable_log=True,
-                    check_latest=False,  # otherwise modelscope checks the hub for a newer snapshot
-                    hub="ms",
+        try:
+            for role, spec in roles.items():
+                if is_disabled(spec):
+                    models[role] = None
+                    log.info("%s model disabled", role)
+                    continue
+                source = resolve_model_dir(
+                    role,
+                    spec,
+                    revision=settings.model_revision,
+                    cache_dir=settings.model_cache_dir,
+                    offline=settings.offline,
+                    download_timeout_s=settings.download_timeout_s,
+                    allow_random=settings.demo or settings.allow_random_weights,
                 )
-            except ModelLoadError:
-                raise
-            except Exception as e:
-                raise ModelLoadError(f"{role} model in {source.path} failed to load: {type(e).__name__}: {e}") from e
-            report.tensors_verified[role] = verify_weights(role, model.model, model.kwargs.get("init_param"))
-            report.load_seconds[role] = time.perf_counter() - start
-            models[role] = model
-            log.info(
-                "loaded %s model from %s in %.2f s (%d tensors verified)%s",
-                role,
-                source.path,
-                report.load_seconds[role],
-                report.tensors_verified[role],
-                " -- RANDOM WEIGHTS, DEMO ONLY" if source.random_weights else "",
-            )
+                report.sources[role] = source
+                if role == "online" and stream_processes:
+                    # Only live streams use it, and their steps run in the workers: a copy here would
+                    # hold memory (GPU memory, on a GPU) for nothing. The workers load and verify it.
+                    models[role], online_dir = None, str(source.path)
+                    continue
+                if role in ("asr", "punc") and in_processes:
+                    # Loads in its own process, alongside the models loaded here; verified there.
+                    models[role] = ModelProcess(role, str(source.path), device, process_threads[role], settings.fast_features, settings.inference_nice)
+                    continue
+                models[role], report.tensors_verified[role], report.load_seconds[role] = open_model(role, str(source.path), device, threads)
+                _log_loaded(role, source, report)
+            for role, model in models.items():
+                if isinstance(model, ModelProcess):
+                    report.tensors_verified[role], report.load_seconds[role] = model.wait_loaded()
+                    _log_loaded(role, report.sources[role], report, " in its worker process")
+        except BaseException:
+            for model in models.values():
+                if isinstance(model, ModelProcess):
+                    model.close()
+            raise
         torch.set_num_threads(threads)
         engine = cls(models["asr"], models["vad"], models["punc"], device, report, online=models["online"], inference_nice=settings.inference_nice)
-        if vad_processes and models["vad"] is not None:
-            engine.vad_pool = VadProcessPool(str(report.sources["vad"].path), vad_processes, settings.fast_features, settings.inference_nice)
-            log.info("whole-recording VAD runs in %d worker processes", vad_processes)
-        if stream_processes and (models["vad"] is not None or online_dir is not None):
-            vad_dir = str(report.sources["vad"].path) if models["vad"] is not None else None
-            engine.stream_pool = StreamWorkerPool(vad_dir, online_dir, device, stream_processes, settings.fast_features, settings.inference_nice)
-            log.info("live streams' VAD and online steps run in %d worker processes", stream_processes)
         try:
+            if vad_processes and models["vad"] is not None:
+                engine.vad_pool = VadProcessPool(str(report.sources["vad"].path), vad_processes, settings.fast_features, settings.inference_nice)
+                log.info("whole-recording VAD runs in %d worker processes", vad_processes)
+            if stream_processes and (models["vad"] is not None or online_dir is not None):
+                vad_dir = str(report.sources["vad"].path) if models["vad"] is not None else None
+                engine.stream_pool = StreamWorkerPool(vad_dir, online_dir, device, stream_processes, settings.fast_features, settings.inference_nice)
+                log.info("live streams' VAD and online steps run in %d worker processes", stream_processes)
             engine.warm_up()
         except BaseException:
             engine.close()
@@ -239,20 +235,15 @@ class FunasrEngine:
             self.report.warmup_seconds["stream_workers"] = time.perf_counter() - start
             if self._online is None and "online" in loaded:  # loaded (and verified) only in the workers
                 self.report.tensors_verified["online"], self.report.load_seconds["online"] = loaded["online"]
-                source = self.report.sources["online"]
-                log.info(
-                    "loaded online model from %s in the stream workers in %.2f s (%d tensors verified)%s",
-                    source.path,
-                    self.report.load_seconds["online"],
-                    self.report.tensors_verified["online"],
-                    " -- RANDOM WEIGHTS, DEMO ONLY" if source.random_weights else "",
-                )
+                _log_loaded("online", self.report.sources["online"], self.report, " in the stream workers")
         start = time.perf_counter()
-        hyp = self._workers["asr"].call(self._transcribe, [audio], ())
+        hyp = self._call_and_wait("asr", [audio], ())
         self.report.warmup_seconds["asr"] = time.perf_counter() - start
-        if self._punc is not None:
+        if self.has_punctuation:
             start = time.perf_counter()
-            self._workers["punc"].call(self._punctuate_batch, [list(hyp[0].tokens) or ["你", "好"]])
+            (marks,) = self._call_and_wait("punc", [list(hyp[0].tokens) or ["你", "好"]])
+            if isinstance(marks, Exception):  # punctuate_many reports a text's own error instead of raising it
+                raise marks
             self.report.warmup_seconds["punc"] = time.perf_counter() - start
         if self._online is not None:
             start = time.perf_counter()
@@ -261,6 +252,16 @@ class FunasrEngine:
         self.asr_calls = 0
         log.info("warm-up done: %s", {k: round(v, 3) for k, v in self.report.warmup_seconds.items()})
 
+    def _call_and_wait(self, role: str, *args):
+        if role in self._processes:
+            return self._processes[role].call(*args)
+        return self._workers[role].call(self._calls[role], *args)
+
+    async def _call(self, role: str, *args):
+        if role in self._processes:
+            return await self._processes[role].run(*args)
+        return await self._workers[role].run(self._calls[role], *args)
+
     # ------------------------------------------------------------------ capabilities
     @property
     def has_vad(self) -> bool:
@@ -268,7 +269,7 @@ class FunasrEngine:
 
     @property
     def has_punctuation(self) -> bool:
-        return self._punc is not None
+        return "punc" in self._calls or "punc" in self._processes
 
     @property
     def identity(self) -> str:
@@ -299,7 +300,9 @@ class FunasrEngine:
 
     async def transcribe(self, segments: Sequence[np.ndarray], hotwords: tuple[str, ...] = ()) -> list[AsrHypothesis]:
         """One batched engine call; results in input order."""
-        return await self._workers["asr"].run(self._transcribe, list(segments), hotwords)
+        hypotheses = await self._call("asr", list(segments), hotwords)
+        self.asr_calls += 1
+        return hypotheses
 
     async def punctuate_many(self, texts: Sequence[Sequence[str]]) -> list[list[str] | Exception | None]:
         """The marks of many token lists in one pass of the model; per list, its marks, None or its own error.
@@ -310,9 +313,9 @@ class FunasrEngine:
         One pass for all: see punctuation.py. When the pass raises, each list is tried alone,
         so that one text the model cannot take fails only its own request.
         """
-        if self._punc is None:
+        if not self.has_punctuation:
             raise RuntimeError("no punctuation model loaded")
-        return await self._workers["punc"].run(self._punctuate_many, [list(t) for t in texts])
+        return await self._call("punc", [list(t) for t in texts])
 
     # ------------------------------------------------------------------ streaming
     async def vad_stream_steps(self, steps: Sequence[StreamStep]) -> list[list[tuple[int, int]] | Exception]:
@@ -344,8 +347,11 @@ class FunasrEngine:
         stream.online = {}
 
     def worker_gpu_memory(self) -> dict[str, tuple[float, float]]:
-        """GPU memory held by the stream worker processes, {device: (allocated, reserved)}."""
-        return self.stream_pool.gpu_memory() if self.stream_pool is not None else {}
+        """GPU memory held by the worker processes (models, streams), {device: (allocated, reserved)}, as last reported."""
+        reports = [process.gpu_memory for process in self._processes.values()]
+        if self.stream_pool is not None:
+            reports.append(self.stream_pool.gpu_memory())
+        return sum_gpu_memory(reports)
 
     def release_stream(self, stream: StreamState) -> None:
         """The stream ended: free its model state, wherever it is."""
@@ -364,74 +370,20 @@ class FunasrEngine:
     def _detect_speech(self, samples: np.ndarray, max_end_silence_ms: int | None) -> list[tuple[int, int]]:
         return detect_speech(self._vad, self._vad_default_end_silence_ms, samples, max_end_silence_ms)
 
-    def _transcribe(self, segments: list[np.ndarray], hotwords: tuple[str, ...]) -> list[AsrHypothesis]:
-        if self.fault_hook is not None:
-            self.fault_hook(segments)
-        kwargs = {"batch_size": len(segments), "disable_pbar": True}
-        if hotwords:
-            kwargs["hotword"] = " ".join(hotwords)
-        results = self._asr.generate(input=segments, **kwargs)
-        self.asr_calls += 1
-        if len(results) != len(segments):
-            raise RuntimeError(f"ASR returned {len(results)} results for {len(segments)} segments")
-        return [self._hypothesis(r) for r in results]
-
-    @staticmethod
-    def _hypothesis(result: dict) -> AsrHypothesis:
-        tokens = tuple(result.get("text", "").split())
-        stamps = result.get("timestamp")
-        times = None
-        if isinstance(stamps, list) and len(stamps) == len(tokens):
-            times = tuple((int(s), int(e)) for s, e in stamps)
-        return AsrHypothesis(tokens=tokens, token_times_ms=times)
-
-    def _punctuate_many(self, texts: list[list[str]]) -> list[list[str] | Exception | None]:
-        try:
-            return self._punctuate_batch(texts)
-        except Exception as error:
-            if len(texts) == 1:
-                return [error]
-            log.warning("punctuation of %d texts in one pass failed (%s); marking them one by one", len(texts), type(error).__name__)
-        results: list[list[str] | Exception | None] = []
-        for tokens in texts:
-            try:
-                results.extend(self._punctuate_batch([tokens]))
-            except Exception as error:
-                results.append(error)
-        return results
-
-    def _punctuate_batch(self, texts: list[list[str]]) -> list[list[str] | None]:
-        import torch
-
-        if self.punc_fault_hook is not None:
-            self.punc_fault_hook(texts)
-        # What generate() would do first on this thread: torch's thread count is per calling thread.
-        threads = self._punc.kwargs.get("ncpu", torch.get_num_threads())
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        spaced = [" ".join(tokens) for tokens in texts]
-        all_ids = punctuation_ids(self._punc.model, self._punc.kwargs["tokenizer"], spaced, self.device, self._punc.kwargs.get("split_size", 20))
-        marks: list[list[str] | None] = []
-        for tokens, ids in zip(texts, all_ids, strict=True):
-            if not tokens:
-                marks.append([])
-            elif ids is None or len(ids) != len(tokens):  # the model split the text into other units than the ASR's tokens
-                marks.append(None)
-            else:
-                marks.append([self._punc_marks[i] if 0 <= i < len(self._punc_marks) else "" for i in ids])
-        return marks
-
     def close(self) -> None:
         """Stop the workers and let go of the models, returning their memory (GPU memory included)."""
         import torch
 
         for worker in self._workers.values():
             worker.shutdown()
+        for process in self._processes.values():
+            process.close()
         if self.vad_pool is not None:
             self.vad_pool.close()
         if self.stream_pool is not None:
             self.stream_pool.close()
-        self._asr = self._vad = self._punc = self._online = None
+        self._calls.clear()
+        self._vad = self._online = None
         thaw()  # until the caller drops this engine and freezes again (service.py, after a reload)
         gc.collect()
         if self.device.startswith("cuda"):

@@ -159,3 +159,31 @@ def verify_weights(role: str, model, init_param: str | None) -> int:
             f"{init_param} and {len(different)} not loaded (e.g. {sample}); refusing to serve random weights"
         )
     return checked
+
+
+def open_model(role: str, path: str, device: str, threads: int, where: str = ""):
+    """Load a model directory with ``funasr.AutoModel`` and verify its weights.
+
+    Returns (model, tensors verified, seconds). ``where`` names the process in error messages
+    (" in a stream worker", say). Raises ModelLoadError with one line for a person.
+    """
+    from funasr import AutoModel
+
+    start = time.perf_counter()
+    try:
+        model = AutoModel(
+            model=path,
+            device=device,
+            ncpu=threads,
+            disable_update=True,  # otherwise FunASR asks PyPI for a newer version, with no timeout
+            disable_pbar=True,
+            disable_log=True,
+            check_latest=False,  # otherwise modelscope checks the hub for a newer snapshot
+            hub="ms",
+        )
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        raise ModelLoadError(f"{role} model in {path} failed to load{where}: {type(e).__name__}: {e}") from None
+    verified = verify_weights(role, model.model, model.kwargs.get("init_param"))
+    return model, verified, time.perf_counter() - start

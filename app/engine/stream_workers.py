@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.engine.heap import freeze_loaded
+from app.engine.model_process import LOAD_RETRY_S, gpu_memory_here, picklable, sum_gpu_memory
 from app.engine.stream_steps import DEFAULT_CHUNK_SIZE, OnlineStep, VadStep, accept_precomputed_scores, run_online_steps, run_vad_steps
 from app.engine.worker import lower_thread_priority
 
@@ -57,9 +58,6 @@ class StreamStep:
     chunk_size: tuple[int, int, int] = DEFAULT_CHUNK_SIZE
 
 
-LOAD_RETRY_S = 30.0  # how often a worker whose restart could not load its models is tried again
-
-
 class StreamLost(RuntimeError):
     """The worker process holding this stream's model state died."""
 
@@ -87,25 +85,19 @@ def _load_models(vad_dir: str | None, online_dir: str | None, device: str, fast_
     global _vad, _online, _vad_default_end_silence_ms
     lower_thread_priority(nice)  # first, so that torch's threads inherit it (worker.py says why)
     import torch
-    from funasr import AutoModel
 
     from app.engine import features
-    from app.engine.loader import ModelLoadError, verify_weights
+    from app.engine.loader import open_model
 
     logging.getLogger().setLevel(logging.WARNING)  # FunASR's INFO load messages would repeat the server's
     torch.set_num_threads(1)  # one stream's step is small; the processes share the cores
     features.install(fast_features)
-    common = {"device": device, "ncpu": 1, "disable_update": True, "disable_pbar": True, "disable_log": True, "check_latest": False, "hub": "ms"}
     report = {}
     for role, path in (("vad", vad_dir), ("online", online_dir)):
         if not path:
             continue
-        start = time.perf_counter()
-        try:
-            model = AutoModel(model=path, **common)
-        except Exception as e:
-            raise ModelLoadError(f"{role} model in {path} failed to load in a stream worker: {type(e).__name__}: {e}") from None
-        report[role] = (verify_weights(role, model.model, model.kwargs.get("init_param")), time.perf_counter() - start)
+        model, verified, seconds = open_model(role, path, device, 1, where=" in a stream worker")
+        report[role] = (verified, seconds)
         if role == "vad":
             _vad, _vad_default_end_silence_ms = model, model.model.vad_opts.max_end_silence_time
             accept_precomputed_scores(model.model)
@@ -134,23 +126,14 @@ def _vad_steps_in_worker(steps: list[tuple[int, np.ndarray, bool, int | None]]) 
     if (answer := _unloaded(steps)) is not None:
         return answer
     vad_steps = [VadStep(_state(key).vad, samples, final, silence) for key, samples, final, silence in steps]
-    return _picklable(run_vad_steps(_vad, _vad_default_end_silence_ms, vad_steps)), _gpu_memory()
+    return picklable(run_vad_steps(_vad, _vad_default_end_silence_ms, vad_steps)), gpu_memory_here()
 
 
 def _online_steps_in_worker(steps: list[tuple[int, np.ndarray, bool, tuple[int, int, int]]]) -> tuple[list, dict]:
     if (answer := _unloaded(steps)) is not None:
         return answer
     online_steps = [OnlineStep(_state(key).online, samples, final, chunk) for key, samples, final, chunk in steps]
-    return _picklable(run_online_steps(_online, online_steps)), _gpu_memory()
-
-
-def _gpu_memory() -> dict[str, tuple[float, float]]:
-    """This worker's GPU memory, {device: (allocated, reserved)}; {} while it has not used CUDA (on a CPU)."""
-    import torch
-
-    if not torch.cuda.is_initialized():
-        return {}
-    return {f"cuda:{i}": (float(torch.cuda.memory_allocated(i)), float(torch.cuda.memory_reserved(i))) for i in range(torch.cuda.device_count())}
+    return picklable(run_online_steps(_online, online_steps)), gpu_memory_here()
 
 
 def _reset_online_in_worker(key: int) -> None:
@@ -164,11 +147,6 @@ def _release_in_worker(key: int) -> None:
 
 def _streams_in_worker() -> int:
     return len(_states)
-
-
-def _picklable(results: list) -> list:
-    """A step's own exception goes back to the server; not every exception pickles, a RuntimeError does."""
-    return [RuntimeError(f"{type(r).__name__}: {r}") if isinstance(r, Exception) else r for r in results]
 
 
 # ---------------------------------------------------------------- in the server process
@@ -307,12 +285,7 @@ class StreamWorkerPool:
 
     def gpu_memory(self) -> dict[str, tuple[float, float]]:
         """The workers' GPU memory as they last reported it (with each step call), summed per device."""
-        total: dict[str, tuple[float, float]] = {}
-        for report in list(self._gpu_memory):
-            for device, (allocated, reserved) in report.items():
-                a, r = total.get(device, (0.0, 0.0))
-                total[device] = (a + allocated, r + reserved)
-        return total
+        return sum_gpu_memory(list(self._gpu_memory))
 
     def streams_held(self) -> list[int]:
         """Stream states each worker holds now (for tests: proves a stream's end frees its state)."""

@@ -1,0 +1,152 @@
+"""The ASR and punctuation models in worker processes (model_processes): the same results as on
+threads, readable errors across the process boundary, a dead worker fails one call and comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from app.config import ConfigError
+from app.engine.funasr_engine import FunasrEngine
+from app.engine.loader import ModelLoadError
+from app.engine.model_process import ModelWorkerLost
+from tests.helpers import settings_for, speechlike, utterances
+
+POISON_SAMPLES = 12_345  # a segment of exactly this length makes poison_hook raise
+
+
+def poison_hook(segments):
+    """A fault hook the worker process can import (a lambda would not pickle)."""
+    if any(len(s) == POISON_SAMPLES for s in segments):
+        raise ValueError("poisoned segment")
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_models):
+    threaded = FunasrEngine.load(settings_for(tiny_models, online_model="none"))
+    in_processes = FunasrEngine.load(settings_for(tiny_models, online_model="none", model_processes="on", inference_nice=3))
+    yield threaded, in_processes
+    threaded.close()
+    in_processes.close()
+
+
+def _segments() -> list[np.ndarray]:
+    return [speechlike(seconds, seed=seed) for seed, seconds in enumerate((0.6, 1.0, 1.7, 2.3, 0.9))]
+
+
+async def _recognise(engine: FunasrEngine, segments: list[np.ndarray]):
+    hypotheses = await engine.transcribe(segments)
+    marks = await engine.punctuate_many([list(h.tokens) for h in hypotheses])
+    return hypotheses, marks
+
+
+def test_processes_give_what_the_threads_give(engines):
+    threaded, in_processes = engines
+    assert set(in_processes._processes) == {"asr", "punc"} and not in_processes._calls
+    pids = {p.pid() for p in in_processes._processes.values()}
+    assert None not in pids and os.getpid() not in pids and len(pids) == 2
+    segments = _segments()
+    got = asyncio.run(_recognise(in_processes, segments))
+    assert got == asyncio.run(_recognise(threaded, segments))
+    hypotheses, marks = got
+    assert len({h.tokens for h in hypotheses}) > 1  # distinct inputs, distinct outputs: not one answer for all
+    assert all(m is not None and len(m) == len(h.tokens) for h, m in zip(hypotheses, marks, strict=True))
+    # One at a time, each segment gets what it got in the batch (the results come back in order).
+    alone = [asyncio.run(in_processes.transcribe([s]))[0] for s in segments]
+    assert alone == hypotheses
+
+
+def test_worker_processes_run_at_the_inference_priority(engines):
+    _, in_processes = engines
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert {os.getpriority(os.PRIO_PROCESS, p.pid()) for p in in_processes._processes.values()} == {min(19, base + 3)}
+
+
+def test_a_model_error_in_the_worker_reaches_the_caller_and_the_worker_goes_on(engines):
+    _, in_processes = engines
+    good = speechlike(1.0, seed=9)
+    expected = asyncio.run(in_processes.transcribe([good]))
+    in_processes.fault_hook = poison_hook
+    try:
+        with pytest.raises(RuntimeError, match="ValueError: poisoned segment"):
+            asyncio.run(in_processes.transcribe([good, speechlike(POISON_SAMPLES / 16000, seed=3)]))
+        assert asyncio.run(in_processes.transcribe([good])) == expected
+    finally:
+        in_processes.fault_hook = None
+
+
+def test_a_killed_worker_fails_its_call_and_comes_back(engines):
+    _, in_processes = engines
+    worker = in_processes._processes["asr"]
+    segment = speechlike(1.2, seed=5)
+    expected = asyncio.run(in_processes.transcribe([segment]))
+    victim = worker.pid()
+    os.kill(victim, signal.SIGKILL)
+
+    async def after_the_kill():
+        lost = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                result = await in_processes.transcribe([segment])
+            except ModelWorkerLost as e:
+                lost.append(str(e))
+                continue
+            if worker.pid() not in (None, victim):
+                return lost, result
+            await asyncio.sleep(0.05)
+        raise AssertionError("the worker was not replaced within 60 s")
+
+    lost, result = asyncio.run(after_the_kill())
+    assert lost == ["the asr model's worker process died during this call; it is being restarted, retry"]
+    assert result == expected
+    assert worker.pid() != victim
+
+
+def test_a_model_that_fails_to_load_in_its_worker_fails_the_start_with_one_line(tiny_models, tmp_path):
+    import shutil
+
+    broken = tmp_path / "asr"
+    shutil.copytree(tiny_models.asr, broken)
+    (broken / "model.pt").unlink()
+    with pytest.raises(ModelLoadError, match="has no weights file") as err:
+        FunasrEngine.load(settings_for(tiny_models, asr_model=str(broken), online_model="none", model_processes="on"))
+    assert "\n" not in str(err.value)
+
+
+def test_model_processes_is_checked(tiny_models):
+    with pytest.raises(ConfigError, match="model_processes"):
+        settings_for(tiny_models, model_processes="yes")
+
+
+def test_server_answers_unavailable_when_its_model_worker_dies_then_serves_again(make_server):
+    from app.gen.paraformer.asr.v1 import asr_pb2, asr_pb2_grpc
+    from tests.helpers import encode
+
+    srv = make_server(model_processes="on", online_model="none")
+    audio = encode(utterances(("speech", 1.0), ("silence", 0.6), ("speech", 0.8)))
+    request = asr_pb2.RecognizeRequest(audio=asr_pb2.RecognitionAudio(content=audio))
+    with grpc.insecure_channel(srv.target) as channel:
+        stub = asr_pb2_grpc.RecognizerStub(channel)
+        expected = stub.Recognize(request, timeout=30).results
+        victim = srv.pipeline.engine._processes["asr"].pid()
+        os.kill(victim, signal.SIGKILL)
+        codes = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                got = stub.Recognize(request, timeout=30).results
+            except grpc.RpcError as e:
+                codes.append((e.code(), e.details()))
+                continue
+            if srv.pipeline.engine._processes["asr"].pid() not in (None, victim):
+                break
+        assert got == expected and len(expected) > 0
+    # The call that met the dead worker got UNAVAILABLE and a reason (a client may retry), never INTERNAL.
+    assert codes and all(code is grpc.StatusCode.UNAVAILABLE and "worker process died" in details for code, details in codes)
