@@ -161,7 +161,7 @@ class FunasrEngine:
         stream_processes = settings.stream_processes if settings.stream_processes >= 0 else min(4, max(1, cores // 4))
         in_processes = settings.model_processes == "on" or (settings.model_processes == "auto" and device.startswith("cuda"))
         # Processes do not take turns on one GIL: threads for all of them would oversubscribe the cores.
-        # Halves and quarters: on 2 cores, 1 thread each gave 160 requests/s, 2 for ASR 96 (docs/benchmarks.md).
+        # Halves and quarters: on 2 cores, 1 thread each gave 156 requests/s, 2 for ASR 96 (docs/benchmarks.md).
         process_threads = {"asr": settings.torch_threads or max(1, cores // 2), "punc": settings.torch_threads or max(1, cores // 4)}
         models: dict[str, AutoModel | ModelProcess | None] = {}
         online_dir: str | None = None  # the online model's directory when only stream workers load it
