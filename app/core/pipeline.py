@@ -114,7 +114,7 @@ class RecognitionPipeline:
         self.streams = StreamSlots(settings.max_streams)
         self.settings = settings
         self.scheduler: BatchScheduler[AsrHypothesis] = BatchScheduler(
-            lambda segments, hotwords: engine.transcribe(segments, hotwords),
+            _retryable(engine.transcribe),
             BatchPolicy(
                 max_batch_size=settings.max_batch_size,
                 max_batch_audio_s=settings.max_batch_audio_seconds,
@@ -134,7 +134,11 @@ class RecognitionPipeline:
         self.punctuation: StepBatcher[list[str], list[str] | None] | None = None
         if engine.has_punctuation:
             self.punctuation = StepBatcher(
-                engine.punctuate_many, model_name, "punc", max_steps=settings.max_batch_size, batch_sizes=metrics.PUNCTUATION_BATCH.labels(model_name)
+                _retryable(engine.punctuate_many),
+                model_name,
+                "punc",
+                max_steps=settings.max_batch_size,
+                batch_sizes=metrics.PUNCTUATION_BATCH.labels(model_name),
             )
         self.cache = _make_cache(settings, model_name)
         self._identity = f"{model_name}|{engine.identity}"
@@ -257,17 +261,14 @@ class RecognitionPipeline:
         if not pieces:
             return []
         _check_deadline(deadline, self.model_name)
-        try:
-            hyps = await _all_or_nothing(self.scheduler.submit(chunk, options.hotwords, deadline) for _, _, chunk in pieces)
-            segments = [(offset_ms + start_ms, offset_ms + end_ms, hyp) for (start_ms, end_ms, _), hyp in zip(pieces, hyps, strict=True)]
-            marks = None
-            if options.punctuation and self.punctuation is not None:
-                tokens = [t for _, _, hyp in segments for t in hyp.tokens]
-                marks = await self.punctuation.submit(tokens) if tokens else []
-                if marks is None:
-                    log.warning("punctuation could not be aligned with %d tokens; returning unpunctuated segments", len(tokens))
-        except ModelWorkerLost as lost:  # the model's process died or is reloading: a retry can work
-            raise Unavailable(str(lost)) from None
+        hyps = await _all_or_nothing(self.scheduler.submit(chunk, options.hotwords, deadline) for _, _, chunk in pieces)
+        segments = [(offset_ms + start_ms, offset_ms + end_ms, hyp) for (start_ms, end_ms, _), hyp in zip(pieces, hyps, strict=True)]
+        marks = None
+        if options.punctuation and self.punctuation is not None:
+            tokens = [t for _, _, hyp in segments for t in hyp.tokens]
+            marks = await self.punctuation.submit(tokens) if tokens else []
+            if marks is None:
+                log.warning("punctuation could not be aligned with %d tokens; returning unpunctuated segments", len(tokens))
         return build_sentences(segments, marks, with_words=options.word_times)
 
     def _cut(self, samples: np.ndarray, spans: list[tuple[int, int]]):
@@ -288,6 +289,18 @@ def _make_cache(settings: Settings, model_name: str) -> ResultCache | None:
     if settings.cache_max_bytes:
         return ResultCache(MemoryStore(settings.cache_max_bytes, settings.cache_ttl_s, model_name), model_name)
     return None
+
+
+def _retryable(engine_call: Callable[..., Awaitable[list]]) -> Callable[..., Awaitable[list]]:
+    """The engine call, with a model worker process that died or is reloading reported as Unavailable (a retry can work)."""
+
+    async def call(*args) -> list:
+        try:
+            return await engine_call(*args)
+        except ModelWorkerLost as lost:
+            raise Unavailable(str(lost)) from None
+
+    return call
 
 
 def _check_deadline(deadline: float | None, model: str) -> None:
