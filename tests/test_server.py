@@ -259,3 +259,15 @@ def test_legacy_upload_that_goes_quiet_is_ended(make_server):
         reply = s.StreamRecognize(quiet_uploader(), timeout=30)
     assert not reply.success and "no audio received" in reply.error_msg
     assert srv.pipeline.admission.items == 0
+
+
+def test_the_server_sets_the_gil_switch_interval(make_server, tiny_models):
+    import sys
+
+    from app.config import ConfigError
+    from tests.helpers import settings_for
+
+    make_server(load=False, gil_switch_interval_ms=0.7)  # process-wide: later servers set their own
+    assert sys.getswitchinterval() == pytest.approx(0.0007)
+    with pytest.raises(ConfigError, match="gil_switch_interval_ms"):
+        settings_for(tiny_models, gil_switch_interval_ms=0.0)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import platform
 import signal
+import sys
 import time
 from dataclasses import dataclass
 
@@ -97,6 +98,7 @@ async def start_server(settings: Settings) -> RunningServer:
     """Listen at once (health NOT_SERVING) so probes and clients get answers while models load."""
     metrics.BUILD_INFO.info({"version": __version__, "grpcio": grpc.__version__, "python": platform.python_version()})
     metrics.time_garbage_collections()
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     default_model, per_model = model_settings(settings)  # a bad models_config fails here, before listening
     interceptors: list[grpc.aio.ServerInterceptor] = [RequestInterceptor()]
     tokens = TokenStore(settings.auth_tokens_file, tuple(t.strip() for t in settings.auth_tokens.split(",")))
