@@ -172,6 +172,7 @@ def test_with_stream_workers_only_they_hold_the_online_model(pooled_engine):
 
 
 def test_an_online_model_that_does_not_load_fails_the_start_with_the_reason(tiny_models, tmp_path):
+    import gc
     import shutil
 
     import torch
@@ -183,5 +184,7 @@ def test_an_online_model_that_does_not_load_fails_the_start_with_the_reason(tiny
     state = torch.load(broken / "model.pt")
     del state[next(k for k in state if k.startswith("decoder."))]
     torch.save(state, broken / "model.pt")
+    gc.freeze()  # stands for the models of a version still serving (a failed hot reload's old one)
     with pytest.raises(ModelLoadError, match="1 tensors missing"):
         FunasrEngine.load(settings_for(tiny_models, online_model=str(broken), stream_processes=1))
+    assert gc.get_freeze_count() > 0  # the failed engine was closed without thawing what serves

@@ -213,7 +213,9 @@ class FunasrEngine:
                 log.info("live streams' VAD and online steps run in %d worker processes", stream_processes)
             engine.warm_up()
         except BaseException:
-            engine.close()
+            # Not frozen yet (that comes after the warm-up), so nothing to thaw: thawing here left
+            # the models still serving (a failed hot reload's old version) walked by every full collection.
+            engine.close(thaw_heap=False)
             raise
         freeze_loaded()
         return engine
@@ -370,8 +372,11 @@ class FunasrEngine:
     def _detect_speech(self, samples: np.ndarray, max_end_silence_ms: int | None) -> list[tuple[int, int]]:
         return detect_speech(self._vad, self._vad_default_end_silence_ms, samples, max_end_silence_ms)
 
-    def close(self) -> None:
-        """Stop the workers and let go of the models, returning their memory (GPU memory included)."""
+    def close(self, thaw_heap: bool = True) -> None:
+        """Stop the workers and let go of the models, returning their memory (GPU memory included).
+
+        ``thaw_heap``: this engine's models were frozen (a loaded engine's are, see heap.py).
+        """
         import torch
 
         for worker in self._workers.values():
@@ -384,7 +389,8 @@ class FunasrEngine:
             self.stream_pool.close()
         self._calls.clear()
         self._vad = self._online = None
-        thaw()  # until the caller drops this engine and freezes again (service.py, after a reload)
+        if thaw_heap:
+            thaw()  # until the caller drops this engine and freezes again (service.py, after a reload)
         gc.collect()
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
