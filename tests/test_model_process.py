@@ -120,6 +120,18 @@ def test_a_model_that_fails_to_load_in_its_worker_fails_the_start_with_one_line(
     assert "\n" not in str(err.value)
 
 
+def test_a_worker_killed_while_loading_fails_the_start_with_one_line(tiny_models):
+    from app.engine.model_process import ModelProcess
+
+    process = ModelProcess("asr", str(tiny_models.asr), "cpu", 1, True)
+    try:
+        os.kill(process.pid(), signal.SIGKILL)  # spawned at once; loading takes seconds (importing torch)
+        with pytest.raises(ModelLoadError, match="asr model's worker process died while loading its model"):
+            process.wait_loaded()
+    finally:
+        process.close()
+
+
 def test_model_processes_is_checked(tiny_models):
     with pytest.raises(ConfigError, match="model_processes"):
         settings_for(tiny_models, model_processes="yes")

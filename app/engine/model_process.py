@@ -24,6 +24,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from app.engine.heap import freeze_loaded
+from app.engine.loader import ModelLoadError
 from app.engine.worker import lower_thread_priority
 
 log = logging.getLogger(__name__)
@@ -119,12 +120,22 @@ class ModelProcess:
 
     def wait_loaded(self) -> tuple[int, float]:
         """Block until the model is loaded: (tensors verified, seconds). Raises ModelLoadError."""
-        return self._loading.result()
+        try:
+            return self._loading.result()
+        except BrokenProcessPool:
+            raise self._died_at_start("loading") from None
 
     def call(self, *args):
-        """Run the model on ``args`` and wait (start-up code that is not async)."""
-        result, self.gpu_memory = self._executor.submit(_run_in_worker, *args).result()
+        """Run the model on ``args`` and wait (start-up code: the warm-up)."""
+        try:
+            result, self.gpu_memory = self._executor.submit(_run_in_worker, *args).result()
+        except BrokenProcessPool:
+            raise self._died_at_start("warming up") from None
         return result
+
+    def _died_at_start(self, doing: str) -> ModelLoadError:
+        # Killed (out of memory, most often) or crashed: the start or the hot reload fails with one line.
+        return ModelLoadError(f"the {self.role} model's worker process died while {doing} its model (out of memory? see the kernel log)")
 
     async def run(self, *args):
         self._retry_failed_load()
