@@ -396,7 +396,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         group_name = f.metadata["group"]
         group = groups.setdefault(group_name, parser.add_argument_group(group_name))
         kind = _field_type(f)
-        help_text = f"{f.metadata['help']} [env {Settings.env_name(f.name)}; default: {f.default}]"
+        # argparse formats help with %: a literal one (a percentage) must be doubled.
+        help_text = f"{f.metadata['help']} [env {Settings.env_name(f.name)}; default: {f.default}]".replace("%", "%%")
         if kind is bool:
             group.add_argument(Settings.flag_name(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:

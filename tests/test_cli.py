@@ -153,3 +153,21 @@ def test_configuration_errors_exit_2(tmp_path):
     env = offline_env(tmp_path) | {"ASR_MAX_BATCH_SIZE": "lots"}
     proc = subprocess.run([*CLI, "serve"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "ASR_MAX_BATCH_SIZE" in proc.stderr
+
+
+def test_every_help_page_prints(capsys):
+    """`--help` formats every setting's help text (a stray % once crashed `serve --help`)."""
+    from dataclasses import fields
+
+    from app.cli import build_parser
+    from app.config import Settings
+
+    for argv in ([], ["serve"], ["fetch-models"], ["transcribe"], ["stream"], ["health"], ["build-demo-models"], ["config-reference"]):
+        with pytest.raises(SystemExit) as done:
+            build_parser().parse_args([*argv, "--help"])
+        assert done.value.code == 0, argv
+        page = capsys.readouterr().out
+        assert page.startswith("usage:"), argv
+    serve_page = subprocess.run([*CLI, "serve", "--help"], capture_output=True, text=True, timeout=60).stdout
+    missing = [f.name for f in fields(Settings) if Settings.flag_name(f.name) not in serve_page]
+    assert not missing, missing
