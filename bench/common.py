@@ -253,12 +253,13 @@ class Server:
             self.exit_code = self.process.wait()
         return self.exit_code
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time so far of the server process and its live worker processes (VAD, streams)."""
+    def cpu_seconds(self, main_only: bool = False) -> float:
+        """User + system CPU time so far of the server process and its live worker processes (VAD,
+        models, streams); with ``main_only`` of the server process alone, the one whose GIL serves gRPC."""
         if self.process is None:
             return 0.0
         total = 0
-        for pid in process_tree(self.process.pid):
+        for pid in [self.process.pid] if main_only else process_tree(self.process.pid):
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:

@@ -9,7 +9,9 @@
 #
 # Knobs (environment): CONCURRENCY (default 1,32,64), SETS (short,long), OVERLOAD_WAIT (the
 # overload server's wait limit: seconds or p99, the default), MODEL_PROCESSES (the servers'
-# --model-processes: auto, the default, is on with CUDA; run once with off to compare), STREAM_LEVELS
+# --model-processes: auto, the default, is on with CUDA), COMPARE (a serve flag NAME=VALUE: the sweep's
+# second server is then the ON server with that flag instead of batching off, e.g.
+# COMPARE=model-processes=off measures the worker processes against threads in one run), STREAM_LEVELS
 # (8,24,48; none skips streaming), MODEL_DIR, PYTHON, DEVICE.
 #
 # Needs python3 with a CUDA torch and the project's dependencies importable (an installed
@@ -37,12 +39,13 @@ $py -c "import sys; from pathlib import Path; from bench.common import repair_to
 # Unary: 2 s utterances at 1, 32 and 64 clients, 5-minute recordings at 8 clients; ON and OFF servers
 # alternate. Then the overload phases (0.5x, 10x, 0.5x the best ON rate) against a third server
 # whose wait limit is the sweep's p99 at 32 clients.
+label="gpu-large-mp-${MODEL_PROCESSES:-auto}${COMPARE:+-vs-${COMPARE//=/-}}"
 timeout 330 $py -m bench.load --models "$models" --preset large --device "$device" --phases sweep,overload \
     --sets "${SETS:-short,long}" --concurrency "${CONCURRENCY:-1,32,64}" --long-concurrency 8 --point-seconds 12 --long-point-seconds 20 \
     --min-requests 16 --max-requests 2000 --long-max-requests 24 --timeout-s 120 \
     --overload-queue-wait "${OVERLOAD_WAIT:-p99}" --overload-phases 5,10,10 \
-    --server-flag "model-processes=${MODEL_PROCESSES:-auto}" --label "gpu-large-mp-${MODEL_PROCESSES:-auto}" --plot none
-cp "bench/results/gpu-large-mp-${MODEL_PROCESSES:-auto}.json" "$out/" 2>/dev/null
+    --server-flag "model-processes=${MODEL_PROCESSES:-auto}" ${COMPARE:+--compare "$COMPARE"} --label "$label" --plot none
+cp "bench/results/$label.json" "$out/" 2>/dev/null
 
 # Streaming: real-time streams with the large-sized offline + online models on the GPU.
 [ "${STREAM_LEVELS:-}" = none ] && exit 0

@@ -115,6 +115,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--torch-threads", type=int, default=0, help="for every server and the in-process engine (0: one per core)")
     p.add_argument("--device", default="cpu", help="inference device of every server and the in-process engine: cpu, cuda, cuda:N")
     p.add_argument("--server-flag", action="append", default=[], metavar="NAME=VALUE", help="extra serve flag for both sweep servers, e.g. max-queue-items=512")
+    p.add_argument(
+        "--compare", action="append", default=[], metavar="NAME=VALUE",
+        help="the sweep's second server is the batching-ON server with this serve flag changed, instead of batching "
+        "OFF (e.g. model-processes=off): 'x' then reads ON / that server; the batching goals are not judged",
+    )  # fmt: skip
     args = p.parse_args(argv)
     preset = args.preset or (args.models if args.models in PRESETS else "tiny")
     for key, value in PRESETS[preset].items():
@@ -136,6 +141,15 @@ def log(*parts) -> None:
     print(*parts, flush=True)
 
 
+def serve_flags(pairs: list[str]) -> dict[str, str]:
+    """NAME=VALUE pairs of serve flags, as Server keyword names."""
+    out = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        out[name.lstrip("-").replace("-", "_")] = value
+    return out
+
+
 def serve_supports(flag: str) -> bool:
     out = subprocess.run([*CLI, "serve", "--help"], capture_output=True, text=True, env=source_env()).stdout
     return flag in out
@@ -150,9 +164,11 @@ async def warm_up(server: Server, audio: AudioSet, timeout_s: float) -> None:
 async def run_point(server: Server, audio: AudioSet, concurrency: int, requests: int, seconds: float, timeout_s: float, connections: int) -> dict:
     before = server.scrape()
     cpu_server, cpu_client, cpu_machine = server.cpu_seconds(), time.process_time(), machine_busy_seconds()
+    cpu_main = server.cpu_seconds(main_only=True)
     async with Client(server.target, audio, timeout_s, min(connections, concurrency)) as client:
         calls, wall = await closed_loop(client, concurrency, requests, seconds)
     cpu_server, cpu_client = server.cpu_seconds() - cpu_server, time.process_time() - cpu_client
+    cpu_main = server.cpu_seconds(main_only=True) - cpu_main
     cpu_others = machine_busy_seconds() - cpu_machine - cpu_server - cpu_client
     after = server.scrape()
     point = {"concurrency": concurrency, **summarize(calls, wall)}
@@ -166,6 +182,8 @@ async def run_point(server: Server, audio: AudioSet, concurrency: int, requests:
         "asr_busy_s": round(busy, 3),
         "asr_busy_fraction": round(busy / wall, 3) if wall else None,
         "cpu_cores_used": round(cpu_server / wall, 2) if wall else None,
+        # The server process alone: near 1.0 while its workers idle says its GIL is the limit.
+        "main_process_cpu_cores_used": round(cpu_main / wall, 2) if wall else None,
     }
     point["client_cpu_cores_used"] = round(cpu_client / wall, 2) if wall else None
     # Everything else on the machine (other people's processes): a disturbed point shows here.
@@ -217,11 +235,12 @@ def print_sweep(result: dict) -> None:
                 on["audio_s_per_s"], off["audio_s_per_s"],
                 on["p50_ms"], off["p50_ms"], on["p95_ms"], off["p95_ms"], on["p99_ms"], off["p99_ms"], r["p99_x"],
                 on["server"]["mean_batch"], on["server"]["cpu_cores_used"], off["server"]["cpu_cores_used"],
+                on["server"]["main_process_cpu_cores_used"], off["server"]["main_process_cpu_cores_used"],
                 max(on["other_cpu_cores_used"], off["other_cpu_cores_used"]), _errors(on), _errors(off),
             ])  # fmt: skip
         log(table(
             ["clients", "req/s on", "req/s off", "x", "audio-s/s on", "audio-s/s off", "p50 on", "p50 off",
-             "p95 on", "p95 off", "p99 on", "p99 off", "p99 x", "batch", "cores on", "cores off", "others", "errors on", "errors off"],
+             "p95 on", "p95 off", "p99 on", "p99 off", "p99 x", "batch", "cores on", "cores off", "main on", "main off", "others", "errors on", "errors off"],
             rows,
         ))  # fmt: skip
 
@@ -497,7 +516,7 @@ def _fmt_errors(errors: dict) -> str:
 def goals(args, result: dict) -> dict:
     out = {}
     short = result.get("sweep", {}).get("short")
-    if short:
+    if short and not args.compare:
         r = next((r for r in short["ratios"] if r["concurrency"] == GOAL_CONCURRENCY), None)
         if r:
             out["batching_throughput"] = {
@@ -575,18 +594,21 @@ def main(argv: list[str] | None = None) -> int:
     common = {"torch_threads": args.torch_threads}
     if serve_supports("--online-model"):
         common["online_model"] = "none"
-    for extra in args.server_flag:
-        k, _, v = extra.partition("=")
-        common[k.lstrip("-").replace("-", "_")] = v
+    common.update(serve_flags(args.server_flag))
     on_flags = {
         **common,
         "max_batch_size": args.max_batch_size,
         "max_batch_wait_ms": args.max_batch_wait_ms,
         "max_batch_audio_seconds": args.max_batch_audio_seconds,
     }
+    # "off" names the second server of every comparison: batching off, or with --compare the ON
+    # server with other flags, so that one run measures one change on the same machine.
+    off_flags = {**on_flags, **serve_flags(args.compare)} if args.compare else {**common, "max_batch_size": 1}
+    result["comparison"] = f"batching ON vs {', '.join(args.compare) if args.compare else 'batching OFF (max-batch-size 1)'}"
+    log(f"comparison: {result['comparison']}")
     servers = {
         "on": Server("on", models, on_flags, device=args.device),
-        "off": Server("off", models, {**common, "max_batch_size": 1}, device=args.device),
+        "off": Server("off", models, off_flags, device=args.device),
     }
     result["servers"] = {}
     sets = {name: AUDIO_SETS[name]() for name in args.sets.split(",") if name}
