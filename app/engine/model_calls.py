@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.engine import cif_fires
 from app.engine.punctuation import punctuation_ids
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class AsrCall:
     def __init__(self, model):
         self.model = model
         _mask_padded_encoder_frames(model.model)
+        cif_fires.install()
         # Test-only fault injection (issue: "one bad item must not fail its neighbours"): called
         # with the segments of every call; raising fails that call.
         self.fault_hook: Callable[[Sequence[np.ndarray]], None] | None = None
