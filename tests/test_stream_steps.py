@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from app.engine.funasr_engine import FunasrEngine
-from app.engine.stream_workers import StreamLost, StreamState, StreamStep
+from app.engine.loader import ModelLoadError
+from app.engine.stream_workers import StreamLost, StreamState, StreamStep, StreamWorkerPool
 from tests.helpers import settings_for, utterances
 
 SR = 16000
@@ -188,3 +189,16 @@ def test_an_online_model_that_does_not_load_fails_the_start_with_the_reason(tiny
     with pytest.raises(ModelLoadError, match="1 tensors missing"):
         FunasrEngine.load(settings_for(tiny_models, online_model=str(broken), stream_processes=1))
     assert gc.get_freeze_count() > 0  # the failed engine was closed without thawing what serves
+
+
+def test_a_stream_worker_killed_while_loading_fails_the_start_with_one_line(tiny_models):
+    pool = StreamWorkerPool(str(tiny_models.vad), None, "cpu", 1, True)  # spawns the worker, which loads for seconds
+    try:
+        deadline = time.monotonic() + 30
+        while not pool.pids() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(pool.pids()[0], signal.SIGKILL)
+        with pytest.raises(ModelLoadError, match="streaming worker process died while loading its models"):
+            pool.warm_up(utterances(("speech", 0.5)))
+    finally:
+        pool.close()

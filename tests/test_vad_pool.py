@@ -6,12 +6,15 @@ import asyncio
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from app.config import ConfigError
 from app.engine.funasr_engine import FunasrEngine
+from app.engine.loader import ModelLoadError
+from app.engine.vad_pool import VadProcessPool
 from tests.helpers import settings_for, speechlike, utterances
 
 
@@ -111,3 +114,59 @@ def test_inference_nice_is_checked(tiny_models):
 def test_vad_processes_setting_is_checked(tiny_models):
     with pytest.raises(ConfigError, match="vad_processes"):
         settings_for(tiny_models, vad_processes=-2)
+
+
+def test_a_vad_worker_that_cannot_load_fails_the_start_with_one_line(tmp_path):
+    (tmp_path / "config.yaml").write_text("model: NoSuchVadModel\n")  # a directory FunASR cannot load
+    pool = VadProcessPool(str(tmp_path), 1, True)
+    try:
+        with pytest.raises(ModelLoadError, match="failed to load in a VAD worker process") as err:
+            pool.warm_up(speechlike(0.5))
+        assert "\n" not in str(err.value)
+    finally:
+        pool.close()
+
+
+def test_a_vad_worker_killed_while_loading_fails_the_start_with_one_line(tiny_models):
+    pool = VadProcessPool(str(tiny_models.vad), 1, True)
+    try:
+        with ThreadPoolExecutor(1) as starter:
+            warming = starter.submit(pool.warm_up, speechlike(0.5))  # spawns the worker, which loads for seconds
+            deadline = time.monotonic() + 30
+            while not pool.pids() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os.kill(next(iter(pool.pids())), signal.SIGKILL)
+            with pytest.raises(ModelLoadError, match="VAD worker process died while loading its model"):
+                warming.result(timeout=60)
+    finally:
+        pool.close()
+
+
+def test_server_answers_unavailable_when_a_vad_worker_dies(make_server):
+    import grpc
+
+    from app.gen.paraformer.asr.v1 import asr_pb2, asr_pb2_grpc
+    from tests.helpers import encode
+
+    srv = make_server(vad_processes=1, online_model="none")
+    audio = encode(utterances(("speech", 1.0), ("silence", 0.6), ("speech", 0.8)))
+    request = asr_pb2.RecognizeRequest(audio=asr_pb2.RecognitionAudio(content=audio))
+    pool = srv.pipeline.engine.vad_pool
+    with grpc.insecure_channel(srv.target) as channel:
+        stub = asr_pb2_grpc.RecognizerStub(channel)
+        expected = stub.Recognize(request, timeout=30).results
+        (victim,) = pool.pids()
+        os.kill(victim, signal.SIGKILL)
+        codes, got = [], None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                got = stub.Recognize(request, timeout=30).results
+            except grpc.RpcError as e:
+                codes.append((e.code(), e.details()))
+                continue
+            if victim not in pool.pids():
+                break
+        assert got == expected and len(expected) > 0
+    # The call that met the dead worker (one always does: the pool breaks) is told to retry, never INTERNAL.
+    assert codes and all(code is grpc.StatusCode.UNAVAILABLE and "VAD worker process died" in details for code, details in codes)

@@ -251,7 +251,7 @@ class RecognitionPipeline:
         _check_deadline(deadline, self.model_name)
         if spans is None and self.engine.has_vad:
             try:
-                spans = await self.engine.detect_speech(samples, options.max_end_silence_ms)
+                spans = await _retryable(self.engine.detect_speech)(samples, options.max_end_silence_ms)
             except asyncio.CancelledError:  # the caller left (or its deadline passed) before the ASR model
                 metrics.DROPPED_BEFORE_MODEL.labels(self.model_name, "cancelled").inc()
                 raise

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.engine.heap import freeze_loaded
+from app.engine.loader import ModelLoadError
 from app.engine.model_process import LOAD_RETRY_S, gpu_memory_here, picklable, sum_gpu_memory
 from app.engine.stream_steps import DEFAULT_CHUNK_SIZE, OnlineStep, VadStep, accept_precomputed_scores, run_online_steps, run_vad_steps
 from app.engine.worker import lower_thread_priority
@@ -183,6 +184,12 @@ class StreamWorkerPool:
 
     def warm_up(self, audio: np.ndarray) -> dict[str, tuple[int, float]]:
         """Wait for every worker's models, run them once; returns the first worker's load report."""
+        try:
+            return self._warm_up(audio)
+        except BrokenProcessPool:  # killed while loading (out of memory, most often): one line, not a traceback
+            raise ModelLoadError("a streaming worker process died while loading its models (out of memory? see the kernel log)") from None
+
+    def _warm_up(self, audio: np.ndarray) -> dict[str, tuple[int, float]]:
         reports = [loading.result() for loading in self._loading]
         vad_dir, online_dir = self._init_args[:2]
         futures = []

@@ -19,6 +19,8 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 
 from app.engine.heap import freeze_loaded
+from app.engine.loader import ModelLoadError
+from app.engine.model_process import ModelWorkerLost
 from app.engine.worker import lower_thread_priority
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 # One per worker process: the VAD model and its own default end-of-speech silence.
 _vad = None
 _default_end_silence_ms = 0
+_load_error: str | None = None  # why this process could not load the model; its calls raise it
 
 
 def detect_speech(vad, default_end_silence_ms: int, samples: np.ndarray, max_end_silence_ms: int | None) -> list[tuple[int, int]]:
@@ -45,6 +48,15 @@ def detect_speech(vad, default_end_silence_ms: int, samples: np.ndarray, max_end
 
 
 def _load_in_worker(model_dir: str, fast_features: bool, nice: int) -> None:
+    # An initializer that raises only breaks the pool ("terminated abruptly"): keep the reason for the calls.
+    global _load_error
+    try:
+        _load(model_dir, fast_features, nice)
+    except Exception as e:
+        _load_error = f"the VAD model in {model_dir} failed to load in a VAD worker process: {type(e).__name__}: {e}"
+
+
+def _load(model_dir: str, fast_features: bool, nice: int) -> None:
     global _vad, _default_end_silence_ms
     lower_thread_priority(nice)  # first, so that torch's threads inherit it (worker.py says why)
     import torch
@@ -62,6 +74,8 @@ def _load_in_worker(model_dir: str, fast_features: bool, nice: int) -> None:
 
 
 def _detect_in_worker(samples: np.ndarray, max_end_silence_ms: int | None) -> list[tuple[int, int]]:
+    if _load_error is not None:
+        raise ModelLoadError(_load_error)
     return detect_speech(_vad, _default_end_silence_ms, samples, max_end_silence_ms)
 
 
@@ -84,8 +98,11 @@ class VadProcessPool:
     def warm_up(self, audio: np.ndarray) -> None:
         """Start every process and run the model once in each (the pool starts them lazily)."""
         futures = [self._pool.submit(_detect_in_worker, audio, None) for _ in range(self.processes)]
-        for future in futures:
-            future.result()
+        try:
+            for future in futures:
+                future.result()  # a ModelLoadError from a worker comes through as it is
+        except BrokenProcessPool:
+            raise ModelLoadError("a VAD worker process died while loading its model (out of memory? see the kernel log)") from None
 
     async def detect_speech(self, samples: np.ndarray, max_end_silence_ms: int | None) -> list[tuple[int, int]]:
         pool = self._pool
@@ -97,7 +114,10 @@ class VadProcessPool:
                 log.error("a VAD worker process died; starting a new pool of %d", self.processes)
                 self._pool = self._start()
                 pool.shutdown(wait=False, cancel_futures=True)
-            raise RuntimeError("the VAD worker process died while processing this request") from None
+            raise ModelWorkerLost("the VAD worker process died while processing this request; it is being restarted, retry") from None
+        except ModelLoadError as e:  # a restarted pool could not load the model: the cause is for the log
+            log.error("%s", e)
+            raise ModelWorkerLost("the VAD worker process was restarted but could not load its model (see the server log); retry later") from None
 
     def pids(self) -> set[int]:
         """The worker processes' ids (for tests)."""
