@@ -127,3 +127,33 @@ class ServerThread:
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
+
+
+def recognize_through_a_worker_death(target: str, kill, replaced) -> tuple[list, list, list]:
+    """Recognize, ``kill()`` a worker, then Recognize until a call succeeds once ``replaced()``.
+
+    Returns (results before, results after, [(code, details) of each failed call in between]).
+    """
+    import time
+
+    import grpc
+
+    from app.gen.paraformer.asr.v1 import asr_pb2, asr_pb2_grpc
+
+    audio = encode(utterances(("speech", 1.0), ("silence", 0.6), ("speech", 0.8)))
+    request = asr_pb2.RecognizeRequest(audio=asr_pb2.RecognitionAudio(content=audio))
+    failed, after = [], None
+    with grpc.insecure_channel(target) as channel:
+        stub = asr_pb2_grpc.RecognizerStub(channel)
+        before = list(stub.Recognize(request, timeout=30).results)
+        kill()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                after = list(stub.Recognize(request, timeout=30).results)
+            except grpc.RpcError as e:
+                failed.append((e.code(), e.details()))
+                continue
+            if replaced():
+                break
+    return before, after, failed

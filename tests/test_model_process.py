@@ -16,7 +16,7 @@ from app.config import ConfigError
 from app.engine.funasr_engine import FunasrEngine
 from app.engine.loader import ModelLoadError
 from app.engine.model_process import ModelWorkerLost
-from tests.helpers import settings_for, speechlike, utterances
+from tests.helpers import settings_for, speechlike
 
 POISON_SAMPLES = 12_345  # a segment of exactly this length makes poison_hook raise
 
@@ -138,27 +138,12 @@ def test_model_processes_is_checked(tiny_models):
 
 
 def test_server_answers_unavailable_when_its_model_worker_dies_then_serves_again(make_server):
-    from app.gen.paraformer.asr.v1 import asr_pb2, asr_pb2_grpc
-    from tests.helpers import encode
+    from tests.helpers import recognize_through_a_worker_death
 
     srv = make_server(model_processes="on", online_model="none")
-    audio = encode(utterances(("speech", 1.0), ("silence", 0.6), ("speech", 0.8)))
-    request = asr_pb2.RecognizeRequest(audio=asr_pb2.RecognitionAudio(content=audio))
-    with grpc.insecure_channel(srv.target) as channel:
-        stub = asr_pb2_grpc.RecognizerStub(channel)
-        expected = stub.Recognize(request, timeout=30).results
-        victim = srv.pipeline.engine._processes["asr"].pid()
-        os.kill(victim, signal.SIGKILL)
-        codes = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                got = stub.Recognize(request, timeout=30).results
-            except grpc.RpcError as e:
-                codes.append((e.code(), e.details()))
-                continue
-            if srv.pipeline.engine._processes["asr"].pid() not in (None, victim):
-                break
-        assert got == expected and len(expected) > 0
+    asr = srv.pipeline.engine._processes["asr"]
+    victim = asr.pid()
+    before, after, failed = recognize_through_a_worker_death(srv.target, lambda: os.kill(victim, signal.SIGKILL), lambda: asr.pid() not in (None, victim))
+    assert after == before and len(before) > 0
     # The call that met the dead worker got UNAVAILABLE and a reason (a client may retry), never INTERNAL.
-    assert codes and all(code is grpc.StatusCode.UNAVAILABLE and "worker process died" in details for code, details in codes)
+    assert failed and all(code is grpc.StatusCode.UNAVAILABLE and "worker process died" in details for code, details in failed)

@@ -116,13 +116,26 @@ def test_vad_processes_setting_is_checked(tiny_models):
         settings_for(tiny_models, vad_processes=-2)
 
 
-def test_a_vad_worker_that_cannot_load_fails_the_start_with_one_line(tmp_path):
+def test_a_vad_worker_that_cannot_load_fails_the_start_with_one_line_and_is_retried(tmp_path, monkeypatch):
+    from app.engine import vad_pool
+    from app.engine.model_process import ModelWorkerLost
+
     (tmp_path / "config.yaml").write_text("model: NoSuchVadModel\n")  # a directory FunASR cannot load
     pool = VadProcessPool(str(tmp_path), 1, True)
     try:
         with pytest.raises(ModelLoadError, match="failed to load in a VAD worker process") as err:
             pool.warm_up(speechlike(0.5))
         assert "\n" not in str(err.value)
+        # Serving (a pool restarted after a death that cannot load): requests are told to retry later,
+        # and a new pool tries the load again once LOAD_RETRY_S has passed.
+        first = pool._pool
+        with pytest.raises(ModelWorkerLost, match="could not load its model"):
+            asyncio.run(pool.detect_speech(speechlike(0.5), None))
+        assert pool._pool is first
+        monkeypatch.setattr(vad_pool, "LOAD_RETRY_S", 0.0)
+        with pytest.raises(ModelWorkerLost, match="could not load its model"):
+            asyncio.run(pool.detect_speech(speechlike(0.5), None))
+        assert pool._pool is not first
     finally:
         pool.close()
 
@@ -145,28 +158,12 @@ def test_a_vad_worker_killed_while_loading_fails_the_start_with_one_line(tiny_mo
 def test_server_answers_unavailable_when_a_vad_worker_dies(make_server):
     import grpc
 
-    from app.gen.paraformer.asr.v1 import asr_pb2, asr_pb2_grpc
-    from tests.helpers import encode
+    from tests.helpers import recognize_through_a_worker_death
 
     srv = make_server(vad_processes=1, online_model="none")
-    audio = encode(utterances(("speech", 1.0), ("silence", 0.6), ("speech", 0.8)))
-    request = asr_pb2.RecognizeRequest(audio=asr_pb2.RecognitionAudio(content=audio))
     pool = srv.pipeline.engine.vad_pool
-    with grpc.insecure_channel(srv.target) as channel:
-        stub = asr_pb2_grpc.RecognizerStub(channel)
-        expected = stub.Recognize(request, timeout=30).results
-        (victim,) = pool.pids()
-        os.kill(victim, signal.SIGKILL)
-        codes, got = [], None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                got = stub.Recognize(request, timeout=30).results
-            except grpc.RpcError as e:
-                codes.append((e.code(), e.details()))
-                continue
-            if victim not in pool.pids():
-                break
-        assert got == expected and len(expected) > 0
+    (victim,) = pool.pids()
+    before, after, failed = recognize_through_a_worker_death(srv.target, lambda: os.kill(victim, signal.SIGKILL), lambda: victim not in pool.pids())
+    assert after == before and len(before) > 0
     # The call that met the dead worker (one always does: the pool breaks) is told to retry, never INTERNAL.
-    assert codes and all(code is grpc.StatusCode.UNAVAILABLE and "VAD worker process died" in details for code, details in codes)
+    assert failed and all(code is grpc.StatusCode.UNAVAILABLE and "VAD worker process died" in details for code, details in failed)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from app.engine.heap import freeze_loaded
 from app.engine.loader import ModelLoadError
-from app.engine.model_process import ModelWorkerLost
+from app.engine.model_process import LOAD_RETRY_S, ModelWorkerLost
 from app.engine.worker import lower_thread_priority
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,11 @@ class VadProcessPool:
 
     def __init__(self, model_dir: str, processes: int, fast_features: bool, nice: int = 0):
         self.model_dir, self.processes, self.fast_features, self.nice = model_dir, processes, fast_features, nice
+        self._failed_pool: ProcessPoolExecutor | None = None  # the pool whose load failure was logged
         self._pool = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
+        self._started_at = time.monotonic()
         # spawn, not fork: the server process holds gRPC and torch threads that a fork would copy half-way.
         return ProcessPoolExecutor(
             max_workers=self.processes,
@@ -116,7 +119,13 @@ class VadProcessPool:
                 pool.shutdown(wait=False, cancel_futures=True)
             raise ModelWorkerLost("the VAD worker process died while processing this request; it is being restarted, retry") from None
         except ModelLoadError as e:  # a restarted pool could not load the model: the cause is for the log
-            log.error("%s", e)
+            if pool is self._pool and pool is not self._failed_pool:
+                self._failed_pool = pool
+                log.error("%s; a new pool tries again in %.0f s", e, LOAD_RETRY_S)
+            elif pool is self._pool and time.monotonic() - self._started_at > LOAD_RETRY_S:
+                log.error("%s; starting a new pool of %d", e, self.processes)
+                self._pool = self._start()
+                pool.shutdown(wait=False, cancel_futures=True)
             raise ModelWorkerLost("the VAD worker process was restarted but could not load its model (see the server log); retry later") from None
 
     def pids(self) -> set[int]:
