@@ -121,8 +121,10 @@ def init_model_series(model: str, max_items: int, max_audio_s: float, max_stream
 # Prometheus scrapes. It reports only the GPUs that this process has put to work:
 #
 #   paraformer_asr_gpu_memory_allocated_bytes{device}  memory held by live tensors (torch.cuda),
-#                                                      the server's and its stream workers'
+#                                                      the server's and its model and stream workers'
 #   paraformer_asr_gpu_memory_reserved_bytes{device}   memory held by torch's caching allocator (same)
+#   paraformer_asr_gpu_memory_used_bytes{device}       memory in use on the whole device, by every
+#                                                      process, CUDA contexts included (cudaMemGetInfo)
 #   paraformer_asr_gpu_memory_total_bytes{device}      the device's memory size
 #   paraformer_asr_gpu_utilization_ratio{device}       busy fraction over NVML's last sample
 #                                                      period (0..1); only with nvidia-ml-py
@@ -131,7 +133,9 @@ def init_model_series(model: str, max_items: int, max_audio_s: float, max_stream
 # machine, before the model is on a GPU, or when torch or NVML fail, the series are absent and
 # the scrape goes on. The collector never imports torch (a process that has not imported it
 # cannot have a GPU in use) and never initialises CUDA: reading the properties of an
-# uninitialised device would create a CUDA context (hundreds of MiB) just to be observed.
+# uninitialised device would create a CUDA context (hundreds of MiB) just to be observed, and so
+# would asking a device this process has no memory on for its free memory: ``used`` is read only
+# for devices that the server process itself holds memory on (with CUDA, it loads the VAD there).
 # nvidia-ml-py (import name ``pynvml``) is optional and not a dependency: install it in the
 # image to get utilisation.
 
@@ -182,6 +186,11 @@ class GpuCollector(_Collector):
         return (
             _GaugeMetricFamily(f"{PREFIX}_gpu_memory_allocated_bytes", "GPU memory held by live tensors", labels=["device"]),
             _GaugeMetricFamily(f"{PREFIX}_gpu_memory_reserved_bytes", "GPU memory held by torch's caching allocator", labels=["device"]),
+            _GaugeMetricFamily(
+                f"{PREFIX}_gpu_memory_used_bytes",
+                "GPU memory in use on the whole device by every process, CUDA contexts included (total - free)",
+                labels=["device"],
+            ),
             _GaugeMetricFamily(f"{PREFIX}_gpu_memory_total_bytes", "Total memory of the GPU", labels=["device"]),
             _GaugeMetricFamily(f"{PREFIX}_gpu_utilization_ratio", "Fraction of time the GPU was busy over NVML's last sample period (0..1)", labels=["device"]),
         )
@@ -212,7 +221,7 @@ class GpuCollector(_Collector):
         return cuda
 
     def _read(self) -> tuple[_GaugeMetricFamily, ...]:
-        allocated, reserved, total, utilization = families = self._families()
+        allocated, reserved, used, total, utilization = families = self._families()
         cuda = self._torch_cuda()
         if cuda is None:
             return families
@@ -228,9 +237,16 @@ class GpuCollector(_Collector):
             device = f"cuda:{index}"
             props = cuda.get_device_properties(index)
             workers_allocated, workers_reserved = in_workers.get(device, (0.0, 0.0))
+            reserved_here = float(cuda.memory_reserved(index))
             allocated.add_metric([device], float(cuda.memory_allocated(index)) + workers_allocated)
-            reserved.add_metric([device], float(cuda.memory_reserved(index)) + workers_reserved)
+            reserved.add_metric([device], reserved_here + workers_reserved)
             total.add_metric([device], float(props.total_memory))
+            # The reserved and the used memory differ by the CUDA contexts (one per process that
+            # uses the device: the server, each model and stream worker) and other tenants.
+            # Only where this process holds memory (so has a context): elsewhere the query would create one.
+            if reserved_here:
+                free, size = cuda.mem_get_info(index)
+                used.add_metric([device], float(size - free))
             ratio = self._utilization(getattr(props, "uuid", None))
             if ratio is not None:
                 utilization.add_metric([device], ratio)

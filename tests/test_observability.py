@@ -164,10 +164,11 @@ def defined_sample_names() -> set[str]:
 class FakeCuda:
     """Just enough of torch.cuda for the collector; get_device_properties refuses an uninitialised CUDA."""
 
-    def __init__(self, initialized: bool = True, devices: int = 2, fail: bool = False):
+    def __init__(self, initialized: bool = True, devices: int = 2, fail: bool = False, in_use: int | None = None):
         self.initialized = initialized
         self.devices = devices
         self.fail = fail
+        self.in_use = devices if in_use is None else in_use  # devices this process holds memory on
 
     def is_initialized(self) -> bool:
         return self.initialized
@@ -189,7 +190,12 @@ class FakeCuda:
         return 1_000_000 * (index + 1)
 
     def memory_reserved(self, index: int) -> int:
-        return 2_000_000 * (index + 1)
+        return 2_000_000 * (index + 1) if index < self.in_use else 0
+
+    def mem_get_info(self, index: int) -> tuple[int, int]:
+        if index >= self.in_use:
+            raise AssertionError(f"the collector would have created a CUDA context on cuda:{index}")
+        return 30_000_000_000, 80_000_000_000 + index  # (free, total): a context and other processes use the rest
 
 
 def fake_pynvml(utilization: dict[str, int]) -> types.ModuleType:
@@ -252,6 +258,7 @@ def test_gpu_collector_reports_memory_and_maps_nvml_utilization_by_uuid(monkeypa
         [
             "paraformer_asr_gpu_memory_allocated_bytes",
             "paraformer_asr_gpu_memory_reserved_bytes",
+            "paraformer_asr_gpu_memory_used_bytes",
             "paraformer_asr_gpu_memory_total_bytes",
             "paraformer_asr_gpu_utilization_ratio",
         ]
@@ -261,6 +268,7 @@ def test_gpu_collector_reports_memory_and_maps_nvml_utilization_by_uuid(monkeypa
     assert values[("paraformer_asr_gpu_memory_allocated_bytes", "cuda:1")] == 2_000_000
     assert values[("paraformer_asr_gpu_memory_reserved_bytes", "cuda:0")] == 2_000_000
     assert values[("paraformer_asr_gpu_memory_total_bytes", "cuda:1")] == 80_000_000_001
+    assert values[("paraformer_asr_gpu_memory_used_bytes", "cuda:1")] == 50_000_000_001
     assert values[("paraformer_asr_gpu_utilization_ratio", "cuda:0")] == pytest.approx(0.37)
     assert values[("paraformer_asr_gpu_utilization_ratio", "cuda:1")] == pytest.approx(0.90)
 
@@ -286,8 +294,25 @@ def test_gpu_collector_without_nvml_reports_memory_only(monkeypatch):
     assert {f.name for f in families} == {
         "paraformer_asr_gpu_memory_allocated_bytes",
         "paraformer_asr_gpu_memory_reserved_bytes",
+        "paraformer_asr_gpu_memory_used_bytes",
         "paraformer_asr_gpu_memory_total_bytes",
     }
+
+
+def test_gpu_collector_reads_device_wide_memory_only_where_the_server_holds_some(monkeypatch):
+    """Asking an unused device for its free memory would create a CUDA context there."""
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=FakeCuda(devices=3, in_use=1)))
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    collector = metrics.GpuCollector()
+    values = samples_of(collector.collect())
+    assert values[("paraformer_asr_gpu_memory_used_bytes", "cuda:0")] == 50_000_000_000
+    assert ("paraformer_asr_gpu_memory_used_bytes", "cuda:2") not in values
+    assert values[("paraformer_asr_gpu_memory_reserved_bytes", "cuda:2")] == 0
+    # Nor on a device that only a worker process uses: this process has no context there.
+    collector.add_worker_memory(object(), lambda: {"cuda:2": (1.0, 5.0)})
+    values = samples_of(collector.collect())
+    assert values[("paraformer_asr_gpu_memory_reserved_bytes", "cuda:2")] == 5.0
+    assert ("paraformer_asr_gpu_memory_used_bytes", "cuda:2") not in values
 
 
 def test_gpu_collector_swallows_cuda_and_nvml_errors(monkeypatch, caplog):
