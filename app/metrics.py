@@ -118,7 +118,7 @@ def init_model_series(model: str, max_items: int, max_audio_s: float, max_stream
 
 # ================================================================ GPU (read at scrape time)
 # Not instruments that code updates, but a collector that reads torch.cuda and NVML when
-# Prometheus scrapes. It reports only the GPUs that this process has put to work:
+# Prometheus scrapes. It reports only the GPUs that this process (or its workers) has put to work:
 #
 #   paraformer_asr_gpu_memory_allocated_bytes{device}  memory held by live tensors (torch.cuda),
 #                                                      the server's and its model and stream workers'
@@ -222,9 +222,6 @@ class GpuCollector(_Collector):
 
     def _read(self) -> tuple[_GaugeMetricFamily, ...]:
         allocated, reserved, used, total, utilization = families = self._families()
-        cuda = self._torch_cuda()
-        if cuda is None:
-            return families
         with self._lock:
             readers = list(self._worker_memory.values())
         in_workers: dict[str, list[float]] = {}
@@ -233,6 +230,13 @@ class GpuCollector(_Collector):
                 totals = in_workers.setdefault(device, [0.0, 0.0])
                 totals[0] += worker_allocated
                 totals[1] += worker_reserved
+        cuda = self._torch_cuda()
+        if cuda is None:
+            # No CUDA here (no VAD model, the models in worker processes): the workers' own reports.
+            for device, (workers_allocated, workers_reserved) in sorted(in_workers.items()):
+                allocated.add_metric([device], workers_allocated)
+                reserved.add_metric([device], workers_reserved)
+            return families
         for index in range(cuda.device_count()):
             device = f"cuda:{index}"
             props = cuda.get_device_properties(index)

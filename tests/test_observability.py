@@ -287,6 +287,15 @@ def test_gpu_collector_adds_what_worker_processes_report(monkeypatch):
     assert samples_of(collector.collect())[("paraformer_asr_gpu_memory_allocated_bytes", "cuda:1")] == 2_000_005
 
 
+def test_gpu_collector_reports_the_workers_memory_when_this_process_has_no_cuda(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=FakeCuda(initialized=False)))
+    collector = metrics.GpuCollector()
+    collector.add_worker_memory(object(), lambda: {"cuda:0": (3.0, 8.0)})
+    collector.add_worker_memory(object(), lambda: {})  # a worker that has reported nothing yet
+    values = samples_of(collector.collect())  # and CUDA is still not initialised here (FakeCuda would raise)
+    assert values == {("paraformer_asr_gpu_memory_allocated_bytes", "cuda:0"): 3.0, ("paraformer_asr_gpu_memory_reserved_bytes", "cuda:0"): 8.0}
+
+
 def test_gpu_collector_without_nvml_reports_memory_only(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=FakeCuda(devices=1)))
     monkeypatch.setitem(sys.modules, "pynvml", None)  # `import pynvml` raises ImportError
