@@ -50,7 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _fetch_models(args: argparse.Namespace) -> int:
-    from app.engine.loader import ModelLoadError, is_disabled, resolve_model_dir
+    from app.engine.loader import ModelLoadError, is_disabled, resolve_configured_model
     from app.logging_setup import configure
 
     settings = load_settings(args)
@@ -64,15 +64,7 @@ def _fetch_models(args: argparse.Namespace) -> int:
         ):
             if is_disabled(spec):
                 continue
-            source = resolve_model_dir(
-                role,
-                spec,
-                revision=settings.model_revision,
-                cache_dir=settings.model_cache_dir,
-                offline=settings.offline,
-                download_timeout_s=settings.download_timeout_s,
-                allow_random=settings.allow_random_weights,
-            )
+            source = resolve_configured_model(role, spec, settings, allow_random=settings.allow_random_weights)
             print(f"{role}: {source.path}")
     except ModelLoadError as e:
         print(f"paraformer-asr: {e}", file=sys.stderr)

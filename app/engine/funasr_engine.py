@@ -32,7 +32,7 @@ from funasr import AutoModel
 from app.config import Settings
 from app.engine import features
 from app.engine.heap import freeze_loaded, thaw
-from app.engine.loader import ModelLoadError, ModelSource, is_disabled, open_model, resolve_model_dir
+from app.engine.loader import ModelLoadError, ModelSource, is_disabled, open_model, resolve_configured_model
 from app.engine.model_calls import AsrCall, AsrHypothesis, PunctuationCall
 from app.engine.model_process import ModelProcess, sum_gpu_memory
 from app.engine.stream_steps import OnlineStep, VadStep, accept_precomputed_scores, run_online_steps, run_vad_steps
@@ -171,15 +171,7 @@ class FunasrEngine:
                     models[role] = None
                     log.info("%s model disabled", role)
                     continue
-                source = resolve_model_dir(
-                    role,
-                    spec,
-                    revision=settings.model_revision,
-                    cache_dir=settings.model_cache_dir,
-                    offline=settings.offline,
-                    download_timeout_s=settings.download_timeout_s,
-                    allow_random=settings.demo or settings.allow_random_weights,
-                )
+                source = resolve_configured_model(role, spec, settings, allow_random=settings.demo or settings.allow_random_weights)
                 report.sources[role] = source
                 if role == "online" and stream_processes:
                     # Only live streams use it, and their steps run in the workers: a copy here would

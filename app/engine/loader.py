@@ -18,9 +18,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from app.engine.tiny_models import RANDOM_WEIGHTS_MARKER
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,19 @@ def _check_hub_reachable(timeout_s: float = 5.0) -> None:
             "download the model elsewhere and pass its directory (e.g. --asr-model /models/paraformer-large), "
             "or try the stack with --demo (random weights)"
         ) from None
+
+
+def resolve_configured_model(role: str, spec: str, settings: Settings, *, allow_random: bool) -> ModelSource:
+    """``resolve_model_dir`` with the hub settings (revision, cache, offline, timeout) of ``settings``."""
+    return resolve_model_dir(
+        role,
+        spec,
+        revision=settings.model_revision,
+        cache_dir=settings.model_cache_dir,
+        offline=settings.offline,
+        download_timeout_s=settings.download_timeout_s,
+        allow_random=allow_random,
+    )
 
 
 def resolve_model_dir(

@@ -53,23 +53,25 @@ def _load_in_worker(model_dir: str, fast_features: bool, nice: int) -> None:
     global _load_error
     try:
         _load(model_dir, fast_features, nice)
-    except Exception as e:
-        _load_error = f"the VAD model in {model_dir} failed to load in a VAD worker process: {type(e).__name__}: {e}"
+    except ModelLoadError as e:
+        _load_error = str(e)
+    except Exception as e:  # outside the model load itself (imports, priority)
+        _load_error = f"a VAD worker process could not start: {type(e).__name__}: {e}"
 
 
 def _load(model_dir: str, fast_features: bool, nice: int) -> None:
     global _vad, _default_end_silence_ms
     lower_thread_priority(nice)  # first, so that torch's threads inherit it (worker.py says why)
     import torch
-    from funasr import AutoModel
 
     from app.engine import features
+    from app.engine.loader import open_model
 
     # FunASR set up INFO logging on import; a worker's load messages would repeat the server's.
     logging.getLogger().setLevel(logging.WARNING)
     torch.set_num_threads(1)  # many processes share the cores: intra-op threads would only contend
     features.install(fast_features)
-    _vad = AutoModel(model=model_dir, device="cpu", ncpu=1, disable_update=True, disable_pbar=True, disable_log=True, check_latest=False, hub="ms")
+    _vad, _, _ = open_model("vad", model_dir, "cpu", 1, where=" in a VAD worker process")
     _default_end_silence_ms = _vad.model.vad_opts.max_end_silence_time
     freeze_loaded()
 
