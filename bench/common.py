@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import platform
 import shlex
@@ -312,6 +313,33 @@ class Server:
                     elif sample.labels.get("le") == "0.05":
                         out[f"gc{gen}_within_50ms"] = sample.value
         return out
+
+
+# ---------------------------------------------------------------------------- results
+def write_json(path: Path, obj) -> None:
+    """Write a result file readably but compactly: one line per list of numbers or strings.
+
+    ``indent`` alone puts every number of an overload timeline (thousands of
+    [sent_s, latency_ms, code] rows) on a line of its own: 800 KB per run.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(_json_lines(obj, 0) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _json_lines(obj, depth: int) -> str:
+    def flat(value) -> bool:
+        return not isinstance(value, dict | list) or (isinstance(value, list) and all(not isinstance(v, dict | list) for v in value))
+
+    if isinstance(obj, dict) and obj:
+        pad = " " * (depth + 1)
+        items = [f"{pad}{json.dumps(str(k), ensure_ascii=False)}: {_json_lines(v, depth + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + " " * depth + "}"
+    if isinstance(obj, list) and obj and not flat(obj):
+        pad = " " * (depth + 1)
+        return "[\n" + ",\n".join(pad + _json_lines(v, depth + 1) for v in obj) + "\n" + " " * depth + "]"
+    return json.dumps(obj, ensure_ascii=False)
 
 
 # ---------------------------------------------------------------------------- statistics

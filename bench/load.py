@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import logging
 import os
 import shutil
@@ -49,6 +48,7 @@ from bench.common import (
     ratio,
     source_env,
     table,
+    write_json,
 )
 from bench.loadgen import Client, calls_as_rows, closed_loop, open_loop, summarize
 from bench.workload import AUDIO_SETS, AudioSet
@@ -685,10 +685,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def save(args, result: dict) -> None:
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
-    tmp.replace(args.out)
+    write_json(args.out, result)
 
 
 def plot(args) -> None:

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 from pathlib import Path
 
-from bench.common import REPO, Server, ensure_models, machine_info, process_tree, table
+from bench.common import REPO, Server, ensure_models, machine_info, process_tree, table, write_json
 from bench.loadgen import Client
 from bench.workload import short_set
 
@@ -89,7 +88,7 @@ def main() -> None:
     print(table(["configuration", "process", "pid", "RSS MB", "PSS MB"], rows))
     label = args.label or args.models
     out = REPO / "bench" / "results" / f"memory-{label}.json"
-    out.write_text(json.dumps({"machine": machine_info(), "models": args.models, "device": args.device, "results": results}, indent=2) + "\n")
+    write_json(out, {"machine": machine_info(), "models": args.models, "device": args.device, "results": results})
     print(f"wrote {out.relative_to(REPO)}")
 
 

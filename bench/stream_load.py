@@ -65,6 +65,7 @@ from bench.common import (
     repair_token_list,
     source_env,
     table,
+    write_json,
 )
 from bench.workload import SAMPLE_RATE_HZ, speechlike
 
@@ -788,7 +789,7 @@ def reprint(path: Path, args) -> None:
     if "compare" in out:
         out["compare"]["summary"] = compare_summary(out["compare"]["points"])
     out["verdict"] = verdict(out, args)
-    path.write_text(json.dumps(out, indent=1) + "\n")
+    write_json(path, out)
     print_tables(out)
 
 
@@ -836,8 +837,7 @@ def main(argv=None) -> None:
     out["finished_utc"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     out["machine"]["loadavg_at_end"] = os.getloadavg()
     print_tables(out)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    write_json(args.out, out)
     log(f"\nwrote {args.out.relative_to(REPO)}")
 
 

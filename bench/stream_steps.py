@@ -22,7 +22,6 @@ import argparse
 import cProfile
 import datetime as dt
 import io
-import json
 import logging
 import os
 import pstats
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import REPO, command_line, machine_info, percentiles_ms, table
+from bench.common import REPO, command_line, machine_info, percentiles_ms, table, write_json
 from bench.stream_load import DEFAULT_CACHE, ensure_stream_models
 from bench.workload import SAMPLE_RATE_HZ, speechlike
 
@@ -228,7 +227,7 @@ def main(argv=None) -> None:
         )
     )
     out = REPO / "bench" / "results" / f"stream_steps_{args.label}.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(out, result)
     print(f"wrote {out.relative_to(REPO)}")
 
 
