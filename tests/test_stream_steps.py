@@ -198,7 +198,7 @@ def test_a_stream_worker_killed_while_loading_fails_the_start_with_one_line(tiny
         while not pool.pids() and time.monotonic() < deadline:
             time.sleep(0.01)
         os.kill(pool.pids()[0], signal.SIGKILL)
-        with pytest.raises(ModelLoadError, match="streaming worker process died while loading its models"):
+        with pytest.raises(ModelLoadError, match="streaming worker process 0 died while loading its models"):
             pool.warm_up(utterances(("speech", 0.5)))
     finally:
         pool.close()

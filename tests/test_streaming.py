@@ -301,7 +301,7 @@ def test_a_restarted_stream_worker_that_cannot_load_says_why_and_is_tried_again(
     import shutil
     import signal
 
-    from app.engine import stream_workers
+    from app.engine import worker_process
 
     online = tmp_path / "online"
     shutil.copytree(tiny_models.online, online)
@@ -313,7 +313,7 @@ def test_a_restarted_stream_worker_that_cannot_load_says_why_and_is_tried_again(
     # The restarted worker has no models: streams fail at once, with the reason.
     expect_stream_error(srv.target, requests(config(), pcm16(TWO_UTTERANCES)), grpc.StatusCode.UNAVAILABLE, "could not load its models")
     (tmp_path / "moved").rename(online)
-    monkeypatch.setattr(stream_workers, "LOAD_RETRY_S", 0.0)  # rather than waiting 30 s for the next attempt
+    monkeypatch.setattr(worker_process, "LOAD_RETRY_S", 0.0)  # rather than waiting 30 s for the next attempt
     assert len(finals(run_stream(srv.target, requests(config(), pcm16(TWO_UTTERANCES))))) == 2
 
 

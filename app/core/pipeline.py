@@ -28,8 +28,8 @@ from app.core.step_batcher import StepBatcher
 from app.core.text import Sentence, build_sentences, join_tokens
 from app.engine.funasr_engine import FunasrEngine
 from app.engine.model_calls import AsrHypothesis
-from app.engine.model_process import ModelWorkerLost
 from app.engine.stream_workers import StreamStep
+from app.engine.worker_process import ModelWorkerLost
 
 log = logging.getLogger(__name__)
 

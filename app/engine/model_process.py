@@ -9,32 +9,18 @@ checks and refuses a flood without waiting for the model's Python to let go.
 
 A batch goes over a pipe (a 2 s segment is 64 KB) and its results come back the same way. A
 worker that dies fails the call it was running; it is restarted, its model loaded again, and the
-calls that follow wait for that load. The batching scheduler retries a failed batch's items one
-by one, so a segment that kills the worker fails alone.
+calls that follow wait for that load (worker_process.py). The batching scheduler retries a failed
+batch's items one by one, so a segment that kills the worker fails alone.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import multiprocessing
-import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 
 from app.engine.heap import freeze_loaded
-from app.engine.loader import ModelLoadError
 from app.engine.worker import lower_thread_priority
-
-log = logging.getLogger(__name__)
-
-LOAD_RETRY_S = 30.0  # how often a worker whose restart could not load its model is tried again
-
-
-class ModelWorkerLost(RuntimeError):
-    """The model's worker process died, or was restarted and could not load its model: retrying later can work."""
-
+from app.engine.worker_process import ModelWorkerLost, WorkerDied, WorkerProcess
 
 # ---------------------------------------------------------------- inside a worker process
 _call: Callable | None = None  # AsrCall or PunctuationCall (model_calls.py)
@@ -106,75 +92,35 @@ class ModelProcess:
 
     def __init__(self, role: str, path: str, device: str, threads: int, fast_features: bool, nice: int = 0):
         self.role = role
-        self._init_args = (role, path, device, threads, fast_features, nice)
-        self._executor, self._loading = self._start()
-        self._started_at = time.monotonic()
+        self._worker = WorkerProcess(f"the {role} model's worker process", _load_in_worker, role, path, device, threads, fast_features, nice)
         self.gpu_memory: dict[str, tuple[float, float]] = {}  # as the worker last reported it
-
-    def _start(self) -> tuple[ProcessPoolExecutor, Future]:
-        # spawn, not fork: the server process holds gRPC and torch threads that a fork would copy half-way.
-        executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        # The first task, so every call waits for it; a task (not an initializer) so that a model
-        # that fails to load reports why instead of a bare "process pool broken".
-        return executor, executor.submit(_load_in_worker, *self._init_args)
 
     def wait_loaded(self) -> tuple[int, float]:
         """Block until the model is loaded: (tensors verified, seconds). Raises ModelLoadError."""
-        try:
-            return self._loading.result()
-        except BrokenProcessPool:
-            raise self._died_at_start("loading") from None
+        return self._worker.wait_loaded()
 
     def call(self, *args):
         """Run the model on ``args`` and wait (start-up code: the warm-up)."""
-        try:
-            result, self.gpu_memory = self._executor.submit(_run_in_worker, *args).result()
-        except BrokenProcessPool:
-            raise self._died_at_start("warming up") from None
+        result, self.gpu_memory = self._worker.call(_run_in_worker, *args)
         return result
 
-    def _died_at_start(self, doing: str) -> ModelLoadError:
-        # Killed (out of memory, most often) or crashed: the start or the hot reload fails with one line.
-        return ModelLoadError(f"the {self.role} model's worker process died while {doing} its model (out of memory? see the kernel log)")
-
     async def run(self, *args):
-        self._retry_failed_load()
-        executor = self._executor
+        if self._worker.retry_failed_load():
+            self.gpu_memory = {}
         try:
-            result, self.gpu_memory = await asyncio.get_running_loop().run_in_executor(executor, _run_in_worker, *args)
-        except BrokenProcessPool:
-            self._restart(executor, "died")
-            raise ModelWorkerLost(f"the {self.role} model's worker process died during this call; it is being restarted, retry") from None
+            result, self.gpu_memory = await self._worker.run(_run_in_worker, *args)
+        except WorkerDied:
+            self.gpu_memory = {}
+            raise
         return result
 
     def set_fault_hook(self, hook) -> None:
         """Test-only: install a picklable fault hook (see AsrCall) in the worker, before any later call."""
-        self._executor.submit(_set_fault_hook_in_worker, hook).result()
-
-    def _retry_failed_load(self) -> None:
-        loading = self._loading
-        failed = loading.done() and not loading.cancelled() and loading.exception() is not None
-        if failed and time.monotonic() - self._started_at > LOAD_RETRY_S:
-            self._restart(self._executor, "could not load its model")
-
-    def _restart(self, broken: ProcessPoolExecutor, why: str) -> None:
-        if self._executor is not broken:
-            return  # another call already restarted it
-        log.error("the %s model's worker process %s; starting a new one", self.role, why)
-        self._executor, self._loading = self._start()
-        self._started_at = time.monotonic()
-        self.gpu_memory = {}
-        # Nobody waits for a restarted worker's load (its next call does): say here if it fails.
-        self._loading.add_done_callback(self._log_failed_load)
-        broken.shutdown(wait=False, cancel_futures=True)
-
-    def _log_failed_load(self, loading: Future) -> None:
-        if not loading.cancelled() and (error := loading.exception()) is not None:
-            log.error("the restarted %s model worker process could not load its model: %s", self.role, error)
+        self._worker.call(_set_fault_hook_in_worker, hook)
 
     def pid(self) -> int | None:
         """The worker process's id (for tests)."""
-        return next(iter(self._executor._processes or {}), None)
+        return self._worker.pid()
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._worker.close()

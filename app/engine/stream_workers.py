@@ -17,22 +17,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import multiprocessing
-import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from app.engine.heap import freeze_loaded
-from app.engine.loader import ModelLoadError
-from app.engine.model_process import LOAD_RETRY_S, gpu_memory_here, picklable, sum_gpu_memory
+from app.engine.model_process import gpu_memory_here, picklable, sum_gpu_memory
 from app.engine.stream_steps import DEFAULT_CHUNK_SIZE, OnlineStep, VadStep, accept_precomputed_scores, run_online_steps, run_vad_steps
 from app.engine.worker import lower_thread_priority
-
-log = logging.getLogger(__name__)
+from app.engine.worker_process import WorkerDied, WorkerProcess
 
 _stream_keys = itertools.count(1)
 
@@ -118,7 +112,7 @@ def _state(key: int) -> StreamState:
 def _unloaded(steps: list) -> tuple[list, dict] | None:
     if not _load_failed:
         return None
-    # The cause (paths, memory) goes to the server log (_log_failed_load), not to clients.
+    # The cause (paths, memory) went to the server log when the load failed, not to clients.
     lost = StreamLost("the streaming worker process was restarted but could not load its models (see the server log); retry later")
     return [lost] * len(steps), {}
 
@@ -151,61 +145,35 @@ def _streams_in_worker() -> int:
 
 
 # ---------------------------------------------------------------- in the server process
-def _failure(load: Future) -> BaseException | None:
-    """The error of a finished model load, or None (still loading, loaded, or cancelled at shutdown)."""
-    return load.exception() if load.done() and not load.cancelled() else None
-
-
-def _log_failed_load(index: int, load: Future) -> None:
-    if (error := _failure(load)) is not None:
-        log.error("restarted streaming worker process %d could not load its models: %s", index, error)
-
-
 class StreamWorkerPool:
     """``processes`` worker processes, each with the streaming VAD and/or online model loaded."""
 
     def __init__(self, vad_dir: str | None, online_dir: str | None, device: str, processes: int, fast_features: bool, nice: int = 0):
-        self._init_args = (vad_dir, online_dir, device, fast_features, nice)
+        self._dirs = (vad_dir, online_dir)
         self.has_online = bool(online_dir)
-        self._loading: list[Future] = []
-        self._workers = [self._start() for _ in range(processes)]
-        self._generations = [0] * processes
+        self._workers = [
+            WorkerProcess(f"streaming worker process {i}", _load_in_worker, vad_dir, online_dir, device, fast_features, nice, models="its models")
+            for i in range(processes)
+        ]  # fmt: skip
         self._assigned = [0] * processes  # live streams per worker
         self._gpu_memory: list[dict[str, tuple[float, float]]] = [{} for _ in range(processes)]  # as last reported
-        self._restarts: list[tuple[float, Future] | None] = [None] * processes  # (when, its model load) per worker
-
-    def _start(self) -> ProcessPoolExecutor:
-        # spawn, not fork: the server process holds gRPC and torch threads that a fork would copy half-way.
-        worker = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        # The first task, so it runs before any step; a task (not an initializer) so that a model
-        # that fails to load reports why instead of a bare "process pool broken".
-        self._loading.append(worker.submit(_load_in_worker, *self._init_args))
-        return worker
+        self._counted = [0] * processes  # the worker generation that _assigned and _gpu_memory count
 
     def warm_up(self, audio: np.ndarray) -> dict[str, tuple[int, float]]:
         """Wait for every worker's models, run them once; returns the first worker's load report."""
-        try:
-            return self._warm_up(audio)
-        except BrokenProcessPool:  # killed while loading (out of memory, most often): one line, not a traceback
-            raise ModelLoadError("a streaming worker process died while loading its models (out of memory? see the kernel log)") from None
-
-    def _warm_up(self, audio: np.ndarray) -> dict[str, tuple[int, float]]:
-        reports = [loading.result() for loading in self._loading]
-        vad_dir, online_dir = self._init_args[:2]
-        futures = []
+        reports = [worker.wait_loaded() for worker in self._workers]
+        vad_dir, online_dir = self._dirs
         for i, worker in enumerate(self._workers):
             key = -(i + 1)  # warm-up states never collide with a stream's
+            answers = []
             if vad_dir:
-                futures.append(worker.submit(_vad_steps_in_worker, [(key, audio, True, None)]))
+                answers += worker.call(_vad_steps_in_worker, [(key, audio, True, None)])[0]
             if online_dir:
-                futures.append(worker.submit(_online_steps_in_worker, [(key, audio, True, DEFAULT_CHUNK_SIZE)]))
-            futures.append(worker.submit(_release_in_worker, key))
-        for future in futures:
-            answer = future.result()
-            for result in answer[0] if isinstance(answer, tuple) else []:
-                if isinstance(result, Exception):
-                    raise result
-        self._loading.clear()
+                answers += worker.call(_online_steps_in_worker, [(key, audio, True, DEFAULT_CHUNK_SIZE)])[0]
+            worker.call(_release_in_worker, key)
+            for answer in answers:
+                if isinstance(answer, Exception):
+                    raise answer
         return reports[0] if reports else {}
 
     async def vad_steps(self, steps: Sequence[StreamStep]) -> list:
@@ -222,18 +190,16 @@ class StreamWorkerPool:
             stream = step.stream
             if stream.worker is None:
                 self._assign(stream)
-            if stream.generation != self._generations[stream.worker]:
+            if stream.generation != self._workers[stream.worker].generation:
                 results[i] = StreamLost("the streaming worker process holding this stream's state died; start a new stream")
                 continue
             by_worker.setdefault(stream.worker, []).append(i)
-        loop = asyncio.get_running_loop()
 
         async def one(index: int, positions: list[int]) -> None:
-            worker = self._workers[index]
             try:
-                answers, self._gpu_memory[index] = await loop.run_in_executor(worker, fn, [wire(steps[i]) for i in positions])
-            except BrokenProcessPool:
-                self._restart(index, worker)
+                answers, self._gpu_memory[index] = await self._workers[index].run(fn, [wire(steps[i]) for i in positions])
+            except WorkerDied:
+                self._replaced(index)
                 answers = [StreamLost("the streaming worker process died during this step; start a new stream")] * len(positions)
             for i, answer in zip(positions, answers, strict=True):
                 results[i] = answer
@@ -242,53 +208,36 @@ class StreamWorkerPool:
         return results
 
     def _assign(self, stream: StreamState) -> None:
-        def unloaded(index: int) -> bool:  # restarted, and could not load its models
-            restart = self._restarts[index]
-            return restart is not None and _failure(restart[1]) is not None
-
-        # A worker without models holds no streams, so "fewest streams" alone would send it all.
-        index = min(range(len(self._workers)), key=lambda i: (unloaded(i), self._assigned[i]))
-        if unloaded(index) and time.monotonic() - self._restarts[index][0] > LOAD_RETRY_S:
-            # Every worker is in that state (memory was short, say): a new stream gets a new
-            # attempt, at most every LOAD_RETRY_S, instead of a worker that only refuses.
-            self._restart(index, self._workers[index], "could not load its models")
-        stream.worker, stream.generation = index, self._generations[index]
+        # A worker without models holds no streams, so "fewest streams" alone would send it all;
+        # and a stream on a restarted worker still loading would wait seconds for its first step.
+        index = min(range(len(self._workers)), key=lambda i: (self._workers[i].load_failed(), not self._workers[i].ready(), self._assigned[i]))
+        # Every worker is in that state (memory was short, say): a new stream gets a new attempt,
+        # at most every LOAD_RETRY_S, instead of a worker that only refuses.
+        if self._workers[index].retry_failed_load():
+            self._replaced(index)
+        stream.worker, stream.generation = index, self._workers[index].generation
         self._assigned[index] += 1
 
-    def _restart(self, index: int, broken: ProcessPoolExecutor, why: str = "died") -> None:
-        if self._workers[index] is not broken:
-            return  # another step already restarted it
-        log.error("streaming worker process %d %s; its streams are lost; starting a new one", index, why)
-        self._generations[index] += 1
-        self._assigned[index] = 0
-        self._gpu_memory[index] = {}
-        self._workers[index] = self._start()
-        # Nobody waits for a restarted worker's load (its first step does): say here if it fails.
-        load = self._loading.pop()
-        load.add_done_callback(lambda done: _log_failed_load(index, done))
-        self._restarts[index] = (time.monotonic(), load)
-        self._loading.clear()
-        broken.shutdown(wait=False, cancel_futures=True)
+    def _replaced(self, index: int) -> None:
+        """The worker was restarted: its streams are lost, and so are its counts (once per restart)."""
+        if self._counted[index] != self._workers[index].generation:
+            self._counted[index] = self._workers[index].generation
+            self._assigned[index] = 0
+            self._gpu_memory[index] = {}
 
     def reset_online(self, stream: StreamState) -> None:
         """Start the stream's next utterance with a fresh online-model state (ordered before its next step)."""
-        if stream.worker is not None and stream.generation == self._generations[stream.worker]:
-            self._submit_quietly(stream.worker, _reset_online_in_worker, stream.key)
+        if stream.worker is not None and stream.generation == self._workers[stream.worker].generation:
+            self._workers[stream.worker].submit_quietly(_reset_online_in_worker, stream.key)
 
     def release(self, stream: StreamState) -> None:
         """The stream ended: its worker forgets its state."""
         if stream.worker is None:
             return
-        if stream.generation == self._generations[stream.worker]:
+        if stream.generation == self._workers[stream.worker].generation:
             self._assigned[stream.worker] -= 1
-            self._submit_quietly(stream.worker, _release_in_worker, stream.key)
+            self._workers[stream.worker].submit_quietly(_release_in_worker, stream.key)
         stream.worker = None
-
-    def _submit_quietly(self, index: int, fn, *args) -> None:
-        try:
-            self._workers[index].submit(fn, *args)
-        except (BrokenProcessPool, RuntimeError):  # dying or shut down: the state goes with the process
-            return
 
     def gpu_memory(self) -> dict[str, tuple[float, float]]:
         """The workers' GPU memory as they last reported it (with each step call), summed per device."""
@@ -296,11 +245,11 @@ class StreamWorkerPool:
 
     def streams_held(self) -> list[int]:
         """Stream states each worker holds now (for tests: proves a stream's end frees its state)."""
-        return [worker.submit(_streams_in_worker).result(timeout=30) for worker in self._workers]
+        return [worker.call(_streams_in_worker) for worker in self._workers]
 
     def pids(self) -> list[int]:
-        return [pid for worker in self._workers for pid in (worker._processes or {})]
+        return [pid for worker in self._workers if (pid := worker.pid()) is not None]
 
     def close(self) -> None:
         for worker in self._workers:
-            worker.shutdown(wait=True, cancel_futures=True)
+            worker.close()

@@ -10,26 +10,17 @@ Streaming VAD keeps per-stream state and stays on the engine's VAD thread.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import multiprocessing
-import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
 from app.engine.heap import freeze_loaded
-from app.engine.loader import ModelLoadError
-from app.engine.model_process import LOAD_RETRY_S, ModelWorkerLost
 from app.engine.worker import lower_thread_priority
-
-log = logging.getLogger(__name__)
+from app.engine.worker_process import ModelWorkerLost, WorkerProcess
 
 # One per worker process: the VAD model and its own default end-of-speech silence.
 _vad = None
 _default_end_silence_ms = 0
-_load_error: str | None = None  # why this process could not load the model; its calls raise it
 
 
 def detect_speech(vad, default_end_silence_ms: int, samples: np.ndarray, max_end_silence_ms: int | None) -> list[tuple[int, int]]:
@@ -49,17 +40,6 @@ def detect_speech(vad, default_end_silence_ms: int, samples: np.ndarray, max_end
 
 
 def _load_in_worker(model_dir: str, fast_features: bool, nice: int) -> None:
-    # An initializer that raises only breaks the pool ("terminated abruptly"): keep the reason for the calls.
-    global _load_error
-    try:
-        _load(model_dir, fast_features, nice)
-    except ModelLoadError as e:
-        _load_error = str(e)
-    except Exception as e:  # outside the model load itself (imports, priority)
-        _load_error = f"a VAD worker process could not start: {type(e).__name__}: {e}"
-
-
-def _load(model_dir: str, fast_features: bool, nice: int) -> None:
     global _vad, _default_end_silence_ms
     lower_thread_priority(nice)  # first, so that torch's threads inherit it (worker.py says why)
     import torch
@@ -77,62 +57,52 @@ def _load(model_dir: str, fast_features: bool, nice: int) -> None:
 
 
 def _detect_in_worker(samples: np.ndarray, max_end_silence_ms: int | None) -> list[tuple[int, int]]:
-    if _load_error is not None:
-        raise ModelLoadError(_load_error)
+    if _vad is None:  # queued behind a load that failed; the cause went to the server log
+        raise ModelWorkerLost("the VAD worker process was restarted but could not load its model (see the server log); retry later")
     return detect_speech(_vad, _default_end_silence_ms, samples, max_end_silence_ms)
 
 
 class VadProcessPool:
-    """``processes`` worker processes, each with the VAD model of ``model_dir`` loaded."""
+    """``processes`` worker processes, each with the VAD model of ``model_dir`` loaded.
+
+    A call goes to the process with the fewest calls in flight, so that one slow recording does
+    not hold up the calls queued behind it while another process is idle; a process that dies
+    fails only its own calls (in one shared process pool, its death failed every call in flight).
+    """
 
     def __init__(self, model_dir: str, processes: int, fast_features: bool, nice: int = 0):
-        self.model_dir, self.processes, self.fast_features, self.nice = model_dir, processes, fast_features, nice
-        self._failed_pool: ProcessPoolExecutor | None = None  # the pool whose load failure was logged
-        self._pool = self._start()
-
-    def _start(self) -> ProcessPoolExecutor:
-        self._started_at = time.monotonic()
-        # spawn, not fork: the server process holds gRPC and torch threads that a fork would copy half-way.
-        return ProcessPoolExecutor(
-            max_workers=self.processes,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_load_in_worker,
-            initargs=(self.model_dir, self.fast_features, self.nice),
-        )
+        self._workers = [
+            WorkerProcess(f"VAD worker process {i}", _load_in_worker, model_dir, fast_features, nice) for i in range(processes)
+        ]  # fmt: skip
+        self._in_flight = [0] * processes
+        self._next = 0  # where the round of tied processes starts
 
     def warm_up(self, audio: np.ndarray) -> None:
-        """Start every process and run the model once in each (the pool starts them lazily)."""
-        futures = [self._pool.submit(_detect_in_worker, audio, None) for _ in range(self.processes)]
-        try:
-            for future in futures:
-                future.result()  # a ModelLoadError from a worker comes through as it is
-        except BrokenProcessPool:
-            raise ModelLoadError("a VAD worker process died while loading its model (out of memory? see the kernel log)") from None
+        """Wait for every process's model and run it once in each."""
+        for worker in self._workers:
+            worker.wait_loaded()
+        for worker in self._workers:
+            worker.call(_detect_in_worker, audio, None)
 
     async def detect_speech(self, samples: np.ndarray, max_end_silence_ms: int | None) -> list[tuple[int, int]]:
-        pool = self._pool
+        # Loaded processes first: a call queued behind a restarted one's load would wait seconds.
+        # Ties go round, so that every process is called, and one that died is replaced.
+        n = len(self._workers)
+        index = min(range(n), key=lambda i: (self._workers[i].load_failed(), not self._workers[i].ready(), self._in_flight[i], (i - self._next) % n))
+        self._next = (index + 1) % n
+        worker = self._workers[index]
+        if worker.load_failed() and not worker.retry_failed_load():  # every process is without its model
+            raise ModelWorkerLost("the VAD worker process was restarted but could not load its model (see the server log); retry later")
+        self._in_flight[index] += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, _detect_in_worker, samples, max_end_silence_ms)
-        except BrokenProcessPool:
-            # A worker died (killed, out of memory): this request fails, the next ones get a new pool.
-            if pool is self._pool:
-                log.error("a VAD worker process died; starting a new pool of %d", self.processes)
-                self._pool = self._start()
-                pool.shutdown(wait=False, cancel_futures=True)
-            raise ModelWorkerLost("the VAD worker process died while processing this request; it is being restarted, retry") from None
-        except ModelLoadError as e:  # a restarted pool could not load the model: the cause is for the log
-            if pool is self._pool and pool is not self._failed_pool:
-                self._failed_pool = pool
-                log.error("%s; a new pool tries again in %.0f s", e, LOAD_RETRY_S)
-            elif pool is self._pool and time.monotonic() - self._started_at > LOAD_RETRY_S:
-                log.error("%s; starting a new pool of %d", e, self.processes)
-                self._pool = self._start()
-                pool.shutdown(wait=False, cancel_futures=True)
-            raise ModelWorkerLost("the VAD worker process was restarted but could not load its model (see the server log); retry later") from None
+            return await worker.run(_detect_in_worker, samples, max_end_silence_ms)
+        finally:
+            self._in_flight[index] -= 1
 
     def pids(self) -> set[int]:
         """The worker processes' ids (for tests)."""
-        return set(self._pool._processes or {})
+        return {pid for worker in self._workers if (pid := worker.pid()) is not None}
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        for worker in self._workers:
+            worker.close()
