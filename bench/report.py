@@ -83,7 +83,8 @@ def overload_table(o: dict) -> str:
     if ref:
         notes.append(f"- closed loop at {ref['concurrency']} clients, same server settings: p50 {ref['p50_ms']} ms, p99 {ref['p99_ms']} ms")
     notes.append(
-        f"- recovery: {fmt(r['recovered_after_s'], 1)} s after the 10x phase ended (0.5 s bins error-free, median <= {r['median_limit_ms']} ms); "
+        f"- recovery: {fmt(r['recovered_after_s'], 1)} s after the 10x phase ended "
+        f"({r.get('bin_s', 0.5):g} s bins error-free, median <= {r['median_limit_ms']} ms); "
         f"after that p50 {r['after_steady_latency']['p50_ms']} ms, p99 {r['after_steady_latency']['p99_ms']} ms; "
         f"{r['errors_after_overload']} rejected after the overload"
     )
