@@ -62,6 +62,26 @@ def test_processes_give_what_the_threads_give(engines):
     assert alone == hypotheses
 
 
+def test_a_text_part_way_through_punctuation_goes_to_the_process_and_back(engines):
+    from app.engine.punctuation import TextProgress
+
+    threaded, in_processes = engines
+    hypotheses = asyncio.run(threaded.transcribe(_segments()))
+    long = [t for h in hypotheses for t in h.tokens] * 8  # several rounds of 20 words
+    (expected,) = asyncio.run(threaded.punctuate_many([long]))
+
+    async def in_steps():
+        (item,), calls = await in_processes.punctuate_many([long], max_rounds=1), 1
+        while isinstance(item, TextProgress):
+            (item,) = await in_processes.punctuate_many([item], max_rounds=1)
+            calls += 1
+        return item, calls
+
+    assert len(long) > 40
+    got, calls = asyncio.run(in_steps())
+    assert got == expected and calls > 2
+
+
 def test_worker_processes_run_at_the_inference_priority(engines):
     _, in_processes = engines
     base = os.getpriority(os.PRIO_PROCESS, 0)

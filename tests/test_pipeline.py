@@ -146,6 +146,33 @@ def test_concurrent_transcripts_share_punctuation_passes_and_keep_their_own_mark
     assert any(any(mark in s.text for mark in "，。？、") for r in results for s in r)
 
 
+def test_a_short_transcript_is_punctuated_while_a_long_one_is_still_going(engine, tiny_models):
+    from app.core.pipeline import PUNCTUATION_ROUNDS_PER_CALL
+
+    tokens = [t for t in engine._calls["punc"].model.kwargs["tokenizer"].token_list if not t.startswith("<")][:200]
+    long = [tokens[(7 * i) % len(tokens)] for i in range(900)]  # 45 rounds of 20 words
+    short = tokens[:12]
+    expected = asyncio.run(engine.punctuate_many([long, short]))  # each to its end, in one call
+
+    async def body(p):
+        finished = []
+
+        async def mark(name, text):
+            marks = await p.punctuation.submit(text)
+            finished.append(name)
+            return marks
+
+        first = asyncio.ensure_future(mark("long", long))
+        await asyncio.sleep(0.001)  # the long text is in the model now
+        results = await asyncio.gather(first, mark("short", short))
+        return results, finished, p.punctuation.calls
+
+    results, finished, calls = run_with_pipeline(engine, tiny_models, body)
+    assert results == expected
+    assert finished == ["short", "long"]  # the short text did not wait for the long one's 45 rounds
+    assert calls >= 45 // PUNCTUATION_ROUNDS_PER_CALL
+
+
 def test_a_text_the_punctuation_model_fails_on_fails_alone(engine, tiny_models):
     clips = [speechlike(1.0, seed=40 + i) for i in range(6)]
     whole = [(0, 1000)]

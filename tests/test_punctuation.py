@@ -109,3 +109,40 @@ def test_other_mini_sentence_sizes_match_generate(tiny_models, split_size):
         ids = model.generate(input=text, disable_pbar=True, split_size=split_size)[0].get("punc_array")
         expected.append(None if ids is None else [int(i) for i in ids])
     assert batched == expected
+
+
+def test_passes_of_a_few_rounds_mark_as_one_pass_does_with_texts_joining_between_them(tiny_models):
+    """Resumable passes (PunctuationCall with max_rounds): every text's marks as generate() gives them,
+    whichever texts share a call and however many rounds each call runs."""
+    from app.engine.model_calls import PunctuationCall
+    from app.engine.punctuation import TextProgress
+
+    model = _load(tiny_models.punc)
+    call = PunctuationCall(model, "cpu")
+    texts = [t.split(" ") if t else [] for t in _texts(model, seed=11)]
+    for bias in BIASES[:3]:  # as built; commas only (200-word sentences cut); full stops only
+        if bias is not None:
+            with torch.no_grad():
+                model.model.decoder.bias.copy_(torch.tensor(bias, dtype=torch.float32))
+        expected = call(texts)  # every text to its end in one call
+        assert not any(isinstance(r, TextProgress) for r in expected)
+        for max_rounds in (1, 3):
+            results: dict[int, object] = {}
+            items: dict[int, object] = {}
+            arriving = list(range(len(texts)))
+            calls = 0
+            while arriving or items:
+                for i in arriving[:7]:  # a few new texts join every call
+                    items[i] = texts[i]
+                arriving = arriving[7:]
+                keys = list(items)
+                answers = call([items[k] for k in keys], max_rounds)
+                calls += 1
+                for k, answer in zip(keys, answers, strict=True):
+                    if isinstance(answer, TextProgress):
+                        items[k] = answer
+                    else:
+                        results[k] = answer
+                        del items[k]
+            assert [results[i] for i in range(len(texts))] == expected, (bias, max_rounds)
+            assert calls > len(texts) // 7 + 1  # the long texts (230, 900 tokens) did go round again

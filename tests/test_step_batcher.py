@@ -47,3 +47,46 @@ def test_steps_queued_while_the_model_works_go_in_one_call_and_failures_stay_wit
         await batcher.close()
 
     asyncio.run(go())
+
+
+class SlowTexts:
+    """Stands in for a resumable model call: a step "name:n" needs n rounds; each call runs at most 2."""
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    async def __call__(self, steps):
+        self.calls.append([s.split(":")[0] for s in steps])
+        await asyncio.sleep(0)
+        out = []
+        for step in steps:
+            name, rounds = step.split(":")
+            left = int(rounds) - 2
+            out.append(f"{name}:{left}" if left > 0 else name.upper())
+        return out
+
+
+def test_a_step_handed_back_unfinished_goes_round_again_ahead_of_new_ones_and_short_ones_do_not_wait():
+    async def go():
+        run = SlowTexts()
+        batcher = StepBatcher(run, "m", "punc", max_steps=3, is_partial=lambda r: ":" in r)
+        batcher.start()
+        done_order = []
+
+        async def submit(step):
+            result = await batcher.submit(step)
+            done_order.append(result)
+            return result
+
+        long = asyncio.ensure_future(submit("long:9"))  # five calls' worth
+        await asyncio.sleep(0)
+        short = [asyncio.ensure_future(submit(f"s{i}:1")) for i in range(4)]
+        assert await asyncio.gather(long, *short) == ["LONG", "S0", "S1", "S2", "S3"]
+        # The long text goes first in every call it needs; the short ones join as room allows
+        # (three steps a call) and are answered long before it.
+        assert run.calls[0] == ["long"] and all(c[0] == "long" for c in run.calls[:5])
+        assert run.calls[1] == ["long", "s0", "s1"] and run.calls[2] == ["long", "s2", "s3"]
+        assert done_order[-1] == "LONG" and len(run.calls) == 5
+        await batcher.close()
+
+    asyncio.run(go())

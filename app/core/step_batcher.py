@@ -12,7 +12,10 @@ state), so a caller must never queue two steps of one stream (a session awaits e
 and a failed step fails only its own stream.
 
 The same coalescing serves the punctuation of concurrent requests (each "step" a transcript's
-tokens; stateless, so any number may queue): the punctuation model marks them in one pass.
+tokens; stateless, so any number may queue): the punctuation model marks them in one pass. A
+long transcript takes many rounds of that model, so a call may hand a step back unfinished
+(``is_partial``): it goes on in the next call, ahead of the steps that arrived since, and short
+texts no longer wait for all of a long one's rounds.
 """
 
 from __future__ import annotations
@@ -35,8 +38,11 @@ RunSteps = Callable[[Sequence[S]], Awaitable[list]]
 
 
 class StepBatcher(Generic[S, R]):
-    def __init__(self, run_steps: RunSteps, model_name: str, role: str, max_steps: int = 256, batch_sizes=None):
+    def __init__(
+        self, run_steps: RunSteps, model_name: str, role: str, max_steps: int = 256, batch_sizes=None, is_partial: Callable[[object], bool] | None = None
+    ):
         self._run_steps = run_steps
+        self._is_partial = is_partial  # a result that is the step itself, part-done: it goes round again
         # Where each call's size is observed: the stream-step histogram unless the caller names another.
         self._batch_sizes = batch_sizes if batch_sizes is not None else metrics.STREAM_STEP_BATCH.labels(model_name, role)
         self.model_name = model_name
@@ -85,11 +91,15 @@ class StepBatcher(Generic[S, R]):
             except Exception as error:  # the whole call failed (a model fault): every step in it fails
                 log.warning("%s: a call for %d failed: %s", self.role, len(batch), type(error).__name__)
                 results = [error] * len(batch)
+            unfinished = []
             for (_, future), result in zip(batch, results, strict=True):
                 if future.done():  # the stream went away while the model worked
                     continue
-                if isinstance(result, Exception):
+                if self._is_partial is not None and self._is_partial(result):
+                    unfinished.append((result, future))
+                elif isinstance(result, Exception):
                     metrics.ENGINE_FAILURES.labels(self.model_name).inc()
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+            self._pending[:0] = unfinished  # older than anything queued meanwhile

@@ -35,6 +35,7 @@ from app.engine.heap import freeze_loaded, thaw
 from app.engine.loader import ModelLoadError, ModelSource, is_disabled, open_model, resolve_configured_model
 from app.engine.model_calls import AsrCall, AsrHypothesis, PunctuationCall
 from app.engine.model_process import ModelProcess, sum_gpu_memory
+from app.engine.punctuation import TextProgress
 from app.engine.stream_steps import OnlineStep, VadStep, accept_precomputed_scores, run_online_steps, run_vad_steps
 from app.engine.stream_workers import StreamState, StreamStep, StreamWorkerPool
 from app.engine.vad_pool import VadProcessPool, detect_speech
@@ -298,18 +299,21 @@ class FunasrEngine:
         self.asr_calls += 1
         return hypotheses
 
-    async def punctuate_many(self, texts: Sequence[Sequence[str]]) -> list[list[str] | Exception | None]:
+    async def punctuate_many(
+        self, texts: Sequence[Sequence[str] | TextProgress], max_rounds: int | None = None
+    ) -> list[list[str] | TextProgress | Exception | None]:
         """The marks of many token lists in one pass of the model; per list, its marks, None or its own error.
 
         A mark is the punctuation ('' for none) after each token; None where the model's units
         could not be aligned with the tokens.
 
         One pass for all: see punctuation.py. When the pass raises, each list is tried alone,
-        so that one text the model cannot take fails only its own request.
+        so that one text the model cannot take fails only its own request. With ``max_rounds``,
+        a text that needs more rounds comes back as a ``TextProgress``, to be passed in again.
         """
         if not self.has_punctuation:
             raise RuntimeError("no punctuation model loaded")
-        return await self._call("punc", [list(t) for t in texts])
+        return await self._call("punc", [t if isinstance(t, TextProgress) else list(t) for t in texts], max_rounds)
 
     # ------------------------------------------------------------------ streaming
     async def vad_stream_steps(self, steps: Sequence[StreamStep]) -> list[list[tuple[int, int]] | Exception]:

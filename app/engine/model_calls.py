@@ -6,6 +6,7 @@ worker process (``model_process.py``), so both ways give the same results by con
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.engine import cif_fires
-from app.engine.punctuation import punctuation_ids
+from app.engine.punctuation import TextProgress, finished_ids, run_rounds, start_text
 
 log = logging.getLogger(__name__)
 
@@ -90,48 +91,58 @@ def _hypothesis(result: dict) -> AsrHypothesis:
 class PunctuationCall:
     """The marks of many token lists in one pass of a FunASR punctuation AutoModel (see punctuation.py).
 
-    Per list: its marks ('' for none, one per token), None where the model's units could not be
-    aligned with the tokens, or its own error. When the pass raises, each list is tried alone,
-    so that one text the model cannot take fails only its own request.
+    An item is a token list (a new text) or a ``TextProgress`` that an earlier call handed back.
+    Per item: its marks ('' for none, one per token), None where the model's units could not be
+    aligned with the tokens, its own error, or, when ``max_rounds`` stopped it first, its
+    ``TextProgress`` for the next call. When the pass raises, each item is tried alone, so that
+    one text the model cannot take fails only its own request.
     """
 
     def __init__(self, model, device: str):
         self.model, self.device = model, device
         self.marks = ["" if p in ("_", "<unk>") else p for p in model.model.punc_list]
-        self.fault_hook: Callable[[Sequence[Sequence[str]]], None] | None = None  # as AsrCall's, per pass
+        self.fault_hook: Callable[[Sequence[Sequence[str]]], None] | None = None  # as AsrCall's, per pass (the token lists)
 
-    def __call__(self, texts: list[list[str]]) -> list[list[str] | Exception | None]:
+    def __call__(self, items: list[list[str] | TextProgress], max_rounds: int | None = None) -> list:
         try:
-            return self.one_pass(texts)
+            return self.one_pass(items, max_rounds)
         except Exception as error:
-            if len(texts) == 1:
+            if len(items) == 1:
                 return [error]
-            log.warning("punctuation of %d texts in one pass failed (%s); marking them one by one", len(texts), type(error).__name__)
-        results: list[list[str] | Exception | None] = []
-        for tokens in texts:
+            log.warning("punctuation of %d texts in one pass failed (%s); marking them one by one", len(items), type(error).__name__)
+        results: list = []
+        for item in items:
             try:
-                results.extend(self.one_pass([tokens]))
+                results.extend(self.one_pass([item], max_rounds))
             except Exception as error:
                 results.append(error)
         return results
 
-    def one_pass(self, texts: list[list[str]]) -> list[list[str] | None]:
+    def one_pass(self, items: list[list[str] | TextProgress], max_rounds: int | None = None) -> list:
         import torch
 
         if self.fault_hook is not None:
-            self.fault_hook(texts)
+            self.fault_hook([item.tokens if isinstance(item, TextProgress) else item for item in items])
         # What generate() would do first on this thread: torch's thread count is per calling thread.
         threads = self.model.kwargs.get("ncpu", torch.get_num_threads())
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        spaced = [" ".join(tokens) for tokens in texts]
-        all_ids = punctuation_ids(self.model.model, self.model.kwargs["tokenizer"], spaced, self.device, self.model.kwargs.get("split_size", 20))
-        marks: list[list[str] | None] = []
-        for tokens, ids in zip(texts, all_ids, strict=True):
-            if not tokens:
-                marks.append([])
-            elif ids is None or len(ids) != len(tokens):  # the model split the text into other units than the ASR's tokens
-                marks.append(None)
+        model, tokenizer, split_size = self.model.model, self.model.kwargs["tokenizer"], self.model.kwargs.get("split_size", 20)
+        # A text handed back by an earlier call goes on where it stopped (a copy: should this pass
+        # fail, each text is tried again alone from where it was).
+        texts = [copy.deepcopy(item) if isinstance(item, TextProgress) else start_text(model, tokenizer, item, split_size) for item in items]
+        run_rounds(model, [t for t in texts if t is not None], self.device, max_rounds)
+        results: list = []
+        for item, text in zip(items, texts, strict=True):
+            if text is None:  # no words: nothing to mark, or nothing the model could mark
+                results.append([] if not item else None)
+            elif not text.finished:
+                results.append(text)
             else:
-                marks.append([self.marks[i] if 0 <= i < len(self.marks) else "" for i in ids])
-        return marks
+                results.append(self._marks(text.tokens, finished_ids(model, text)))
+        return results
+
+    def _marks(self, tokens: list[str], ids: list[int]) -> list[str] | None:
+        if len(ids) != len(tokens):  # the model split the text into other units than the ASR's tokens
+            return None
+        return [self.marks[i] if 0 <= i < len(self.marks) else "" for i in ids]

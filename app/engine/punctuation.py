@@ -8,12 +8,19 @@ kernel launches). So the texts of concurrent requests go through the model toget
 ``CTTransformer.inference`` walks a text in mini-sentences of ``split_size`` words. After each
 one it keeps the words behind the last full stop or question mark and prepends them to the next
 mini-sentence, so that no sentence is marked without its end in view. Here every text walks
-its own mini-sentences in lock step with the others: round r runs the r-th mini-sentence (with
-its carried words) of every text that has one, padded into one forward pass. The
+its own mini-sentences in lock step with the others: each round runs the next mini-sentence
+(with its carried words) of every unfinished text, padded into one forward pass. The
 carry-over, the cut of an over-long sentence at a comma, the full stop forced at the end of the
 text and the word-to-character expansion of word-level models (those that ship a
 ``jieba_usr_dict``) follow FunASR 1.4.16's code rule for rule; a test checks the marks against
 ``generate()`` text by text.
+
+A text's rounds need not run in one call. A 5-minute transcript is 75 rounds or more (with
+random weights, which rarely end a sentence, each round re-reads a carry of up to 200 words:
+1.6 s on this CPU for the large-sized model), and every short text in the same pass would wait
+for all of them. So a call may stop after a few rounds and hand back each unfinished text as a
+``TextProgress``, which the next call takes up where it stopped, beside texts that arrived
+meanwhile (core/step_batcher.py). The state travels with the text, so the model keeps none.
 """
 
 from __future__ import annotations
@@ -28,38 +35,55 @@ CACHE_POP_TRIGGER_LIMIT = 200
 
 
 @dataclass
-class _Text:
+class TextProgress:
+    """One text part-way through its rounds: what the next round needs (picklable, so it can go to
+    a model's worker process and back between passes)."""
+
+    tokens: list[str]  # the ASR's tokens, which the marks must line up with
     words: list[str]
     mini_words: list[list[str]]
     mini_ids: list[np.ndarray]
+    next_round: int = 0
     carried_words: list[str] = field(default_factory=list)
     carried_ids: np.ndarray = field(default_factory=lambda: np.array([], dtype="int32"))
     marks: list[int] = field(default_factory=list)
 
+    @property
+    def finished(self) -> bool:
+        return self.next_round >= len(self.mini_words)
 
-def punctuation_ids(model, tokenizer, texts: Sequence[str], device: str, split_size: int = 20) -> list[list[int] | None]:
-    """Per text, the id (in ``model.punc_list``) of the mark after each of its tokens; None for an empty text.
+    @property
+    def rounds_left(self) -> int:
+        return len(self.mini_words) - self.next_round
 
-    ``model`` is the ``CTTransformer`` of a loaded ``AutoModel`` (``.model``), ``tokenizer`` its
-    tokenizer. For a text of space-separated characters and words, as the ASR model writes them,
-    the ids line up with those tokens.
-    """
-    import torch
+
+def start_text(model, tokenizer, tokens: Sequence[str], split_size: int = 20) -> TextProgress | None:
+    """A text of the ASR's tokens ready for its first round; None for an empty text."""
     from funasr.models.ct_transformer.utils import split_to_mini_sentence, split_words
 
-    texts_state: list[_Text | None] = []
-    for text in texts:
-        if not text or not text.strip():
-            texts_state.append(None)
-            continue
-        words = split_words(text, jieba_usr_dict=model.jieba_usr_dict)
-        mini_words = split_to_mini_sentence(words, split_size)
-        mini_ids = [np.asarray(m, dtype="int32") for m in split_to_mini_sentence(tokenizer.encode(words), split_size)]
-        texts_state.append(_Text(words, mini_words, mini_ids))
-    live = [t for t in texts_state if t is not None]
-    for r in range(max((len(t.mini_words) for t in live), default=0)):
-        active = [t for t in live if r < len(t.mini_words)]
-        inputs = [np.concatenate((t.carried_ids, t.mini_ids[r]), axis=0) for t in active]
+    text = " ".join(tokens)
+    if not text.strip():
+        return None
+    words = split_words(text, jieba_usr_dict=model.jieba_usr_dict)
+    mini_words = split_to_mini_sentence(words, split_size)
+    mini_ids = [np.asarray(m, dtype="int32") for m in split_to_mini_sentence(tokenizer.encode(words), split_size)]
+    return TextProgress(list(tokens), words, mini_words, mini_ids)
+
+
+def run_rounds(model, texts: Sequence[TextProgress], device: str, max_rounds: int | None = None) -> None:
+    """Advance every text by up to ``max_rounds`` rounds (None: to its end), in lock step.
+
+    Round by round, the next mini-sentence of every unfinished text (with its carried words) goes
+    through the model in one padded forward pass; the texts need not be at the same round.
+    """
+    import torch
+
+    done = 0
+    while max_rounds is None or done < max_rounds:
+        active = [t for t in texts if not t.finished]
+        if not active:
+            return
+        inputs = [np.concatenate((t.carried_ids, t.mini_ids[t.next_round]), axis=0) for t in active]
         lengths = [len(x) for x in inputs]
         padded = np.zeros((len(inputs), max(lengths)), dtype="int32")
         for row, x in enumerate(inputs):
@@ -71,13 +95,30 @@ def punctuation_ids(model, tokenizer, texts: Sequence[str], device: str, split_s
             )
             best = logits.topk(1, dim=-1).indices.squeeze(-1).cpu().numpy()
         for t, row, ids, n in zip(active, best, inputs, lengths, strict=True):
-            _mark_mini_sentence(model, t, t.carried_words + t.mini_words[r], ids, row[:n].tolist(), last=r == len(t.mini_words) - 1)
-    if model.jieba_usr_dict is None:
-        return [None if t is None else t.marks for t in texts_state]
-    return [None if t is None else _words_to_characters(t.words, t.marks) for t in texts_state]
+            last = t.next_round == len(t.mini_words) - 1
+            _mark_mini_sentence(model, t, t.carried_words + t.mini_words[t.next_round], ids, row[:n].tolist(), last=last)
+            t.next_round += 1
+        done += 1
 
 
-def _mark_mini_sentence(model, text: _Text, words: list[str], ids: np.ndarray, marks: list[int], last: bool) -> None:
+def finished_ids(model, text: TextProgress) -> list[int]:
+    """A finished text's mark ids, one per unit the model split it into (characters for word-level models)."""
+    return text.marks if model.jieba_usr_dict is None else _words_to_characters(text.words, text.marks)
+
+
+def punctuation_ids(model, tokenizer, texts: Sequence[str], device: str, split_size: int = 20) -> list[list[int] | None]:
+    """Per text, the id (in ``model.punc_list``) of the mark after each of its tokens; None for an empty text.
+
+    ``model`` is the ``CTTransformer`` of a loaded ``AutoModel`` (``.model``), ``tokenizer`` its
+    tokenizer. For a text of space-separated characters and words, as the ASR model writes them,
+    the ids line up with those tokens. All rounds of all texts in one call.
+    """
+    started = [start_text(model, tokenizer, text.split(" ") if text else [], split_size) for text in texts]
+    run_rounds(model, [t for t in started if t is not None], device)
+    return [None if t is None else finished_ids(model, t) for t in started]
+
+
+def _mark_mini_sentence(model, text: TextProgress, words: list[str], ids: np.ndarray, marks: list[int], last: bool) -> None:
     """Keep this round's marks up to the last sentence end; carry the words behind it into the next round."""
     punc_list = model.punc_list
     if not last:
