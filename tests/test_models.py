@@ -129,6 +129,27 @@ def test_hot_reload_under_traffic_fails_no_request(make_server, tiny_models, oth
     assert old_engine() is None and old_pipeline() is None
 
 
+def test_a_hot_reload_walks_the_heap_twice(make_server, other_models, monkeypatch):
+    """Each full collection stops every call in flight (app/engine/heap.py): a reload makes two,
+    one to freeze the new version once loaded and one to free the old version's cycles once it
+    is gone. Closing the old engine made a third."""
+    import gc
+
+    srv = make_server(admin_tokens="admin-secret", model_name="live")
+    old_engine = weakref.ref(srv.pipeline.engine)
+    collections = []
+    collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *args: collections.append(args) or collect(*args))
+    with grpc.insecure_channel(srv.target) as channel:
+        admin_reload(channel, "admin-secret", name="live", asr_model=str(other_models.asr))
+    deadline = time.monotonic() + 30
+    while (old_engine() is not None or len(collections) < 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # nothing else follows the retirement's freeze
+    assert old_engine() is None and len(collections) == 2
+    assert gc.get_freeze_count() > 10_000  # the new version is frozen out of the collector
+
+
 def test_a_broken_reload_keeps_the_old_version(make_server, tiny_models, tmp_path):
     srv = make_server(admin_tokens="admin-secret", model_name="steady")
     broken = tmp_path / "broken-asr"

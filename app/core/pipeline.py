@@ -190,7 +190,8 @@ class RecognitionPipeline:
             if batcher is not None:
                 batcher.start()
 
-    async def close(self) -> None:
+    async def close(self, collect: bool = True) -> None:
+        """Stop batching and close the engine (``collect``: as FunasrEngine.close's)."""
         metrics.GPU_COLLECTOR.remove_worker_memory(self)
         await self.scheduler.close()
         for batcher in (self.vad_steps, self.online_steps, self.punctuation):
@@ -199,7 +200,7 @@ class RecognitionPipeline:
         if self.cache is not None:
             await self.cache.close()
         self._decoder.shutdown(wait=False, cancel_futures=True)
-        self.engine.close()
+        self.engine.close(collect=collect)
 
     async def decode(self, audio: AudioInput) -> DecodedAudio:
         loop = asyncio.get_running_loop()

@@ -107,7 +107,7 @@ class RecognitionService:
             await asyncio.sleep(0.05)
         if old.busy:
             log.warning("old version of %s still busy after %.0f s; closing it anyway", old.model_name, drain_timeout_s)
-        await old.close()
+        await old.close(collect=False)  # freeze_loaded below collects: one walk of the heap, not two
         if old.model_name not in self._pipelines:
             metrics.MODEL_READY.labels(old.model_name).set(0)
         log.info("old version of model %s closed and freed", old.model_name)

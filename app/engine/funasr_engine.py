@@ -368,10 +368,12 @@ class FunasrEngine:
     def _detect_speech(self, samples: np.ndarray, max_end_silence_ms: int | None) -> list[tuple[int, int]]:
         return detect_speech(self._vad, self._vad_default_end_silence_ms, samples, max_end_silence_ms)
 
-    def close(self, thaw_heap: bool = True) -> None:
+    def close(self, thaw_heap: bool = True, collect: bool = True) -> None:
         """Stop the workers and let go of the models, returning their memory (GPU memory included).
 
         ``thaw_heap``: this engine's models were frozen (a loaded engine's are, see heap.py).
+        ``collect``: collect their reference cycles now; False where the caller drops the engine
+        and then freezes the heap (which collects), rather than walk every object twice.
         """
         import torch
 
@@ -387,6 +389,7 @@ class FunasrEngine:
         self._vad = self._online = None
         if thaw_heap:
             thaw()  # until the caller drops this engine and freezes again (service.py, after a reload)
-        gc.collect()
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        if collect:
+            gc.collect()
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()

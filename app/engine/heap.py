@@ -15,12 +15,20 @@ is gone.
 from __future__ import annotations
 
 import gc
+import sys
 
 
 def freeze_loaded() -> None:
-    """Call once models are loaded: collect what loading left behind, then exempt the survivors."""
+    """Call once models are loaded: collect what loading left behind, then exempt the survivors.
+
+    Also where dropped models' GPU memory goes back to the driver: torch keeps freed blocks
+    cached, and the collection may just have freed the last of them.
+    """
     gc.collect()
     gc.freeze()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def thaw() -> None:
