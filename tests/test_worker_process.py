@@ -57,7 +57,7 @@ def test_the_load_result_comes_back_and_calls_run_in_the_process(model_file):
 def test_a_load_that_fails_says_why_in_one_line(tmp_path):
     worker = WorkerProcess("test worker", load_text, str(tmp_path / "missing.txt"))
     try:
-        with pytest.raises(ModelLoadError, match="FileNotFoundError") as err:
+        with pytest.raises(ModelLoadError, match="test worker could not start: FileNotFoundError") as err:
             worker.wait_loaded()
         assert "\n" not in str(err.value) and worker.load_failed() and not worker.ready()
     finally:

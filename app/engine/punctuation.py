@@ -52,10 +52,6 @@ class TextProgress:
     def finished(self) -> bool:
         return self.next_round >= len(self.mini_words)
 
-    @property
-    def rounds_left(self) -> int:
-        return len(self.mini_words) - self.next_round
-
 
 def start_text(model, tokenizer, tokens: Sequence[str], split_size: int = 20) -> TextProgress | None:
     """A text of the ASR's tokens ready for its first round; None for an empty text."""

@@ -38,14 +38,14 @@ class WorkerDied(ModelWorkerLost):
     """The worker process died while running this call (killed, out of memory); a new one is starting."""
 
 
-def _load_guarded(load: Callable, *args):
+def _load_guarded(name: str, load: Callable, *args):
     """Runs in the worker: ``load``, with any failure as a ModelLoadError (one line that pickles)."""
     try:
         return load(*args)
     except ModelLoadError:
         raise
     except Exception as e:  # outside the model load itself (imports, priority); not every exception pickles
-        raise ModelLoadError(f"{type(e).__name__}: {e}") from None
+        raise ModelLoadError(f"{name} could not start: {type(e).__name__}: {e}") from None
 
 
 class WorkerProcess:
@@ -63,7 +63,7 @@ class WorkerProcess:
         # spawn, not fork: the server process holds gRPC and torch threads that a fork would copy half-way.
         executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
         load, args = self._load
-        return executor, executor.submit(_load_guarded, load, *args)
+        return executor, executor.submit(_load_guarded, self.name, load, *args)
 
     # ------------------------------------------------------------ start-up (blocking)
     def wait_loaded(self):
