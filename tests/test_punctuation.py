@@ -136,8 +136,11 @@ def test_passes_of_a_few_rounds_mark_as_one_pass_does_with_texts_joining_between
                     items[i] = texts[i]
                 arriving = arriving[7:]
                 keys = list(items)
+                handed_back = [(p, p.next_round, list(p.marks)) for p in items.values() if isinstance(p, TextProgress)]
                 answers = call([items[k] for k in keys], max_rounds)
                 calls += 1
+                # A call advances copies: should a pass fail, its texts are retried from where they were.
+                assert all(p.next_round == n and p.marks == m for p, n, m in handed_back)
                 for k, answer in zip(keys, answers, strict=True):
                     if isinstance(answer, TextProgress):
                         items[k] = answer

@@ -6,7 +6,6 @@ worker process (``model_process.py``), so both ways give the same results by con
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -130,7 +129,7 @@ class PunctuationCall:
         model, tokenizer, split_size = self.model.model, self.model.kwargs["tokenizer"], self.model.kwargs.get("split_size", 20)
         # A text handed back by an earlier call goes on where it stopped (a copy: should this pass
         # fail, each text is tried again alone from where it was).
-        texts = [copy.deepcopy(item) if isinstance(item, TextProgress) else start_text(model, tokenizer, item, split_size) for item in items]
+        texts = [item.copy() if isinstance(item, TextProgress) else start_text(model, tokenizer, item, split_size) for item in items]
         run_rounds(model, [t for t in texts if t is not None], self.device, max_rounds)
         results: list = []
         for item, text in zip(items, texts, strict=True):

@@ -25,6 +25,7 @@ meanwhile (core/step_batcher.py). The state travels with the text, so the model 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -51,6 +52,11 @@ class TextProgress:
     @property
     def finished(self) -> bool:
         return self.next_round >= len(self.mini_words)
+
+    def copy(self) -> TextProgress:
+        """A copy to advance, leaving this one as it was. Rounds replace the carry and the round
+        index and extend the marks; the text and its mini-sentences are only read, so they are shared."""
+        return dataclasses.replace(self, marks=list(self.marks))
 
 
 def start_text(model, tokenizer, tokens: Sequence[str], split_size: int = 20) -> TextProgress | None:
