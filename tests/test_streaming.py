@@ -317,6 +317,26 @@ def test_a_restarted_stream_worker_that_cannot_load_says_why_and_is_tried_again(
     assert len(finals(run_stream(srv.target, requests(config(), pcm16(TWO_UTTERANCES))))) == 2
 
 
+def test_new_streams_avoid_a_worker_that_is_still_reloading(make_server):
+    import os
+    import signal
+
+    srv = make_server(stream_processes=2)
+    reloading = srv.pipeline.engine.stream_pool._workers[0]
+    reloading.restart(reloading._executor, "was replaced by the test")
+    stopped = reloading.pid()
+    os.kill(stopped, signal.SIGSTOP)  # holds the new process in its load for as long as the test needs
+    try:
+        # By "fewest streams" alone each of these would go to worker 0 and wait for its load.
+        for _ in range(3):
+            assert len(finals(run_stream(srv.target, requests(config(), pcm16(TWO_UTTERANCES)), timeout=30))) == 2
+        assert not reloading.ready()
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    reloading.wait_loaded()
+    assert len(finals(run_stream(srv.target, requests(config(), pcm16(TWO_UTTERANCES))))) == 2
+
+
 def test_new_streams_avoid_a_worker_that_could_not_load(make_server, tiny_models, tmp_path):
     import os
     import shutil

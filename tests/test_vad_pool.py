@@ -203,3 +203,31 @@ def test_calls_avoid_a_vad_worker_that_could_not_load(tiny_models, tmp_path):
         assert asyncio.run(calls(6)) == [expected] * 6
     finally:
         pool.close()
+
+
+def test_calls_avoid_a_vad_worker_that_is_still_reloading(tiny_models):
+    pool = VadProcessPool(str(tiny_models.vad), 2, True)
+    stopped = None
+    try:
+        audio = speechlike(1.0)
+        pool.warm_up(audio)
+        expected = asyncio.run(pool.detect_speech(audio, None))
+        reloading = pool._workers[0]
+        reloading.restart(reloading._executor, "was replaced by the test")
+        stopped = reloading.pid()
+        os.kill(stopped, signal.SIGSTOP)  # holds the new process in its load for as long as the test needs
+
+        async def calls(n):
+            return [await asyncio.wait_for(pool.detect_speech(audio, None), 30) for _ in range(n)]
+
+        # In turn, two of these would go to the loading process and wait for its load.
+        assert asyncio.run(calls(4)) == [expected] * 4
+        assert not reloading.ready()
+        os.kill(stopped, signal.SIGCONT)
+        stopped = None
+        reloading.wait_loaded()
+        assert asyncio.run(calls(2)) == [expected] * 2
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)  # a stopped process would hold up the pool's close
+        pool.close()
