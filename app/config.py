@@ -127,12 +127,24 @@ class Settings:
         default=0.5,
     )
     inference_nice: int = _opt(
-        "Run the model threads and worker processes this much lower in CPU priority (Linux nice, 0-19) than the "
-        "event loop that takes calls in, so that when the CPU is short, health checks and refusals of a full "
-        "queue stay fast (docs/operations.md). An idle CPU runs them at full speed. 0: the same priority. "
-        "Measured on CPU only.",
+        "Run the model threads (and the worker processes, with idle_worker_processes false) this much lower in CPU "
+        "priority (Linux nice, 0-19) than the event loop that takes calls in, so that when the CPU is short, health "
+        "checks and refusals of a full queue stay fast (docs/operations.md). An idle CPU runs them at full speed. "
+        "0: the same priority. Measured on CPU only.",
         group="models",
         default=10,
+    )
+    idle_worker_processes: str = _opt(
+        "Run the model worker processes (model_processes, vad_processes, stream_processes) under Linux's SCHED_IDLE "
+        "policy (on), or at inference_nice like the model threads (off): idle, they get only the CPU time nothing "
+        "else wants, and give up a core the moment the event loop wants one. With the models in processes on 2 "
+        "cores at 1,230 calls/s, refusals within 10 ms went from 24-72 % at nice 10 to 91-97 %. But they also starve "
+        "behind model threads of the server process, niced or not (a tiny-model server with ASR on a thread and VAD "
+        "in an idle process served 96 instead of 145 requests/s); auto: on when model_processes is on "
+        "(docs/benchmarks.md).",
+        group="models",
+        default="auto",
+        choices=("auto", "on", "off"),
     )
     fast_features: bool = _opt(
         "Compute fbank features with the built-in vectorised Kaldi fbank (about 9x faster than FunASR's fallback; "

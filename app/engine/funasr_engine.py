@@ -39,7 +39,7 @@ from app.engine.punctuation import TextProgress
 from app.engine.stream_steps import OnlineStep, VadStep, accept_precomputed_scores, run_online_steps, run_vad_steps
 from app.engine.stream_workers import StreamState, StreamStep, StreamWorkerPool
 from app.engine.vad_pool import VadProcessPool, detect_speech
-from app.engine.worker import ModelWorker
+from app.engine.worker import ModelWorker, WorkerPriority
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,9 @@ class FunasrEngine:
         # Processes do not take turns on one GIL: threads for all of them would oversubscribe the cores.
         # Halves and quarters: on 2 cores, 1 thread each gave 156 requests/s, 2 for ASR 96 (docs/benchmarks.md).
         process_threads = {"asr": settings.torch_threads or max(1, cores // 2), "punc": settings.torch_threads or max(1, cores // 4)}
+        # Idle processes would starve behind models on the server's threads: only when the offline models are in processes too.
+        idle = settings.idle_worker_processes == "on" or (settings.idle_worker_processes == "auto" and in_processes)
+        priority = WorkerPriority(settings.inference_nice, idle)
         models: dict[str, AutoModel | ModelProcess | None] = {}
         online_dir: str | None = None  # the online model's directory when only stream workers load it
         try:
@@ -181,7 +184,7 @@ class FunasrEngine:
                     continue
                 if role in ("asr", "punc") and in_processes:
                     # Loads in its own process, alongside the models loaded here; verified there.
-                    models[role] = ModelProcess(role, str(source.path), device, process_threads[role], settings.fast_features, settings.inference_nice)
+                    models[role] = ModelProcess(role, str(source.path), device, process_threads[role], settings.fast_features, priority)
                     continue
                 models[role], report.tensors_verified[role], report.load_seconds[role] = open_model(role, str(source.path), device, threads)
                 _log_loaded(role, source, report)
@@ -198,11 +201,11 @@ class FunasrEngine:
         engine = cls(models["asr"], models["vad"], models["punc"], device, report, online=models["online"], inference_nice=settings.inference_nice)
         try:
             if vad_processes and models["vad"] is not None:
-                engine.vad_pool = VadProcessPool(str(report.sources["vad"].path), vad_processes, settings.fast_features, settings.inference_nice)
+                engine.vad_pool = VadProcessPool(str(report.sources["vad"].path), vad_processes, settings.fast_features, priority)
                 log.info("whole-recording VAD runs in %d worker processes", vad_processes)
             if stream_processes and (models["vad"] is not None or online_dir is not None):
                 vad_dir = str(report.sources["vad"].path) if models["vad"] is not None else None
-                engine.stream_pool = StreamWorkerPool(vad_dir, online_dir, device, stream_processes, settings.fast_features, settings.inference_nice)
+                engine.stream_pool = StreamWorkerPool(vad_dir, online_dir, device, stream_processes, settings.fast_features, priority)
                 log.info("live streams' VAD and online steps run in %d worker processes", stream_processes)
             engine.warm_up()
         except BaseException:

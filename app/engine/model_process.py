@@ -19,17 +19,17 @@ import logging
 from collections.abc import Callable
 
 from app.engine.heap import freeze_loaded
-from app.engine.worker import lower_thread_priority
+from app.engine.worker import WorkerPriority
 from app.engine.worker_process import ModelWorkerLost, WorkerDied, WorkerProcess
 
 # ---------------------------------------------------------------- inside a worker process
 _call: Callable | None = None  # AsrCall or PunctuationCall (model_calls.py)
 
 
-def _load_in_worker(role: str, path: str, device: str, threads: int, fast_features: bool, nice: int) -> tuple[int, float]:
+def _load_in_worker(role: str, path: str, device: str, threads: int, fast_features: bool, priority: WorkerPriority) -> tuple[int, float]:
     """Load and verify the model as the server would; returns (tensors verified, seconds)."""
     global _call
-    lower_thread_priority(nice)  # first, so that torch's threads inherit it (worker.py says why)
+    priority.apply()  # first, so that torch's threads inherit it (worker.py says why)
     import torch
 
     from app.engine import features
@@ -90,9 +90,9 @@ def sum_gpu_memory(reports: list[dict[str, tuple[float, float]]]) -> dict[str, t
 class ModelProcess:
     """One model (``role``: "asr" or "punc") loaded in a worker process; calls run there one at a time."""
 
-    def __init__(self, role: str, path: str, device: str, threads: int, fast_features: bool, nice: int = 0):
+    def __init__(self, role: str, path: str, device: str, threads: int, fast_features: bool, priority: WorkerPriority = WorkerPriority()):
         self.role = role
-        self._worker = WorkerProcess(f"the {role} model's worker process", _load_in_worker, role, path, device, threads, fast_features, nice)
+        self._worker = WorkerProcess(f"the {role} model's worker process", _load_in_worker, role, path, device, threads, fast_features, priority)
         self.gpu_memory: dict[str, tuple[float, float]] = {}  # as the worker last reported it
 
     def wait_loaded(self) -> tuple[int, float]:

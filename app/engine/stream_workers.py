@@ -25,7 +25,7 @@ import numpy as np
 from app.engine.heap import freeze_loaded
 from app.engine.model_process import gpu_memory_here, picklable, sum_gpu_memory
 from app.engine.stream_steps import DEFAULT_CHUNK_SIZE, OnlineStep, VadStep, accept_precomputed_scores, run_online_steps, run_vad_steps
-from app.engine.worker import lower_thread_priority
+from app.engine.worker import WorkerPriority
 from app.engine.worker_process import WorkerDied, WorkerProcess
 
 _stream_keys = itertools.count(1)
@@ -65,20 +65,20 @@ _states: dict[int, StreamState] = {}
 _load_failed = False  # a restart that could not load the models: every step answers StreamLost
 
 
-def _load_in_worker(vad_dir: str | None, online_dir: str | None, device: str, fast_features: bool, nice: int) -> dict[str, tuple[int, float]]:
+def _load_in_worker(vad_dir: str | None, online_dir: str | None, device: str, fast_features: bool, priority: WorkerPriority) -> dict[str, tuple[int, float]]:
     """Load (and verify, like the server does) the models; per role, (tensors verified, seconds)."""
     global _load_failed
     try:
-        return _load_models(vad_dir, online_dir, device, fast_features, nice)
+        return _load_models(vad_dir, online_dir, device, fast_features, priority)
     except Exception:
         # At start-up the server fails with the error; after a restart, the pool logs it.
         _load_failed = True
         raise
 
 
-def _load_models(vad_dir: str | None, online_dir: str | None, device: str, fast_features: bool, nice: int) -> dict[str, tuple[int, float]]:
+def _load_models(vad_dir: str | None, online_dir: str | None, device: str, fast_features: bool, priority: WorkerPriority) -> dict[str, tuple[int, float]]:
     global _vad, _online, _vad_default_end_silence_ms
-    lower_thread_priority(nice)  # first, so that torch's threads inherit it (worker.py says why)
+    priority.apply()  # first, so that torch's threads inherit it (worker.py says why)
     import torch
 
     from app.engine import features
@@ -148,11 +148,13 @@ def _streams_in_worker() -> int:
 class StreamWorkerPool:
     """``processes`` worker processes, each with the streaming VAD and/or online model loaded."""
 
-    def __init__(self, vad_dir: str | None, online_dir: str | None, device: str, processes: int, fast_features: bool, nice: int = 0):
+    def __init__(
+        self, vad_dir: str | None, online_dir: str | None, device: str, processes: int, fast_features: bool, priority: WorkerPriority = WorkerPriority()
+    ):
         self._dirs = (vad_dir, online_dir)
         self.has_online = bool(online_dir)
         self._workers = [
-            WorkerProcess(f"streaming worker process {i}", _load_in_worker, vad_dir, online_dir, device, fast_features, nice, models="its models")
+            WorkerProcess(f"streaming worker process {i}", _load_in_worker, vad_dir, online_dir, device, fast_features, priority, models="its models")
             for i in range(processes)
         ]  # fmt: skip
         self._assigned = [0] * processes  # live streams per worker

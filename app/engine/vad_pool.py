@@ -15,7 +15,7 @@ import logging
 import numpy as np
 
 from app.engine.heap import freeze_loaded
-from app.engine.worker import lower_thread_priority
+from app.engine.worker import WorkerPriority
 from app.engine.worker_process import ModelWorkerLost, WorkerProcess
 
 # One per worker process: the VAD model and its own default end-of-speech silence.
@@ -39,9 +39,9 @@ def detect_speech(vad, default_end_silence_ms: int, samples: np.ndarray, max_end
     return [(int(s), int(e)) for s, e in segments if e > s]
 
 
-def _load_in_worker(model_dir: str, fast_features: bool, nice: int) -> None:
+def _load_in_worker(model_dir: str, fast_features: bool, priority: WorkerPriority) -> None:
     global _vad, _default_end_silence_ms
-    lower_thread_priority(nice)  # first, so that torch's threads inherit it (worker.py says why)
+    priority.apply()  # first, so that torch's threads inherit it (worker.py says why)
     import torch
 
     from app.engine import features
@@ -70,9 +70,9 @@ class VadProcessPool:
     fails only its own calls (in one shared process pool, its death failed every call in flight).
     """
 
-    def __init__(self, model_dir: str, processes: int, fast_features: bool, nice: int = 0):
+    def __init__(self, model_dir: str, processes: int, fast_features: bool, priority: WorkerPriority = WorkerPriority()):
         self._workers = [
-            WorkerProcess(f"VAD worker process {i}", _load_in_worker, model_dir, fast_features, nice) for i in range(processes)
+            WorkerProcess(f"VAD worker process {i}", _load_in_worker, model_dir, fast_features, priority) for i in range(processes)
         ]  # fmt: skip
         self._in_flight = [0] * processes
         self._next = 0  # where the round of tied processes starts

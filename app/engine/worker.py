@@ -11,6 +11,16 @@ machine at 10x load, 11 % of those refusals took over 10 ms at the client (p99 3
 model threads at nice 10, 0.7-1.6 % (p99 9-12 ms; docs/benchmarks.md). At the higher 10x of a later,
 faster server (1,100 calls/s) it was 2.5-3.2 % at nice 10 (p99 17-22 ms). An idle CPU runs a niced
 thread at full speed, so this changes nothing until the CPU is short.
+
+Worker processes can go further (``idle_worker_processes``): Linux's SCHED_IDLE policy, under
+which a process runs only on CPU time nothing else wants, and a waking normal thread takes its
+core at once, where a niced one may first finish a slice of a few milliseconds. At 1,230
+calls/s with the models in processes, refusals within 10 ms went from 24-72 % at nice 10 to
+91-97 % (docs/benchmarks.md, ninth session). Only when every model runs in a process: idle
+processes starve behind model threads of the server, niced or not (VAD in an idle process
+behind ASR on a niced thread cost a third of the throughput). And never for those threads
+themselves: they hold the server's GIL, and a thread the kernel seldom runs would keep the
+event loop waiting for it.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -48,6 +59,24 @@ def lower_thread_priority(increment: int) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(MAX_NICE, os.getpriority(os.PRIO_PROCESS, tid) + increment))
     except OSError as e:  # a seccomp profile that forbids it, say: run at the normal priority
         log.warning("cannot lower the priority of the model threads (%s); they run at the server's", e)
+
+
+@dataclass(frozen=True)
+class WorkerPriority:
+    """The CPU priority of a model worker process, set by its first task (``apply``)."""
+
+    nice: int = 0  # Linux nice steps below the server, as for the model threads
+    idle: bool = False  # SCHED_IDLE instead of nice: run only on CPU time nothing else wants
+
+    def apply(self) -> None:
+        """Lower the calling thread's priority; threads it starts later (torch's) inherit it."""
+        if self.idle and sys.platform.startswith("linux"):
+            try:
+                os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+                return
+            except OSError as e:  # a seccomp profile that forbids it, say
+                log.warning("cannot run the worker process under SCHED_IDLE (%s); lowering its nice value instead", e)
+        lower_thread_priority(self.nice)
 
 
 class ModelWorker:

@@ -71,6 +71,22 @@ def test_chart_sets_only_settings_the_server_knows(renderings):
             assert not unknown, f"{r.name} {container['name']}: the server has no setting {sorted(unknown)}"
 
 
+def test_server_config_cannot_set_what_the_chart_sets(renderings, tools_tmp):
+    """Each variable the chart gives the server from its own values is refused in server.config,
+    where a second copy would silently win or lose depending on its place in the list."""
+    first_seen: dict[str, Rendering] = {}
+    for r in all_renderings(renderings):
+        values = yaml.safe_load((CHART / "ci" / f"{r.name}.yaml").read_text()) or {}
+        from_config = set(((values.get("server") or {}).get("config")) or {})
+        for name in {n for n in r.env if n.startswith("ASR_")} - from_config:  # server.config takes ASR_* only
+            first_seen.setdefault(name, r)
+    assert {"ASR_MODEL_PROCESSES", "ASR_IDLE_WORKER_PROCESSES", "ASR_VAD_PROCESSES"} <= set(first_seen)
+    for name, r in sorted(first_seen.items()):
+        args = ["-f", CHART / "ci" / f"{r.name}.yaml", "--set", f"server.config.{name}=1"]
+        proc = run([tool("helm"), "template", "asr", CHART, *args], env=tool_env(tools_tmp))
+        assert proc.returncode != 0 and f"server.config.{name} is set by the chart" in proc.stderr, f"{name} ({r.name}): {proc.stderr}"
+
+
 def test_every_model_setting_is_passed_to_server_and_init_container(renderings):
     model_settings = {name for name in SERVER_SETTINGS if name.endswith("_MODEL") and name != "ASR_MODEL_NAME"}
     assert {"ASR_ASR_MODEL", "ASR_VAD_MODEL", "ASR_PUNC_MODEL"} <= model_settings
