@@ -16,7 +16,7 @@ Worker processes can go further (``idle_worker_processes``): Linux's SCHED_IDLE 
 which a process runs only on CPU time nothing else wants, and a waking normal thread takes its
 core at once, where a niced one may first finish a slice of a few milliseconds. At 1,230
 calls/s with the models in processes, refusals within 10 ms went from 24-72 % at nice 10 to
-91-97 % (docs/benchmarks.md, ninth session). Only when every model runs in a process: idle
+87-97 % (docs/benchmarks.md, ninth session). Only when every model runs in a process: idle
 processes starve behind model threads of the server, niced or not (VAD in an idle process
 behind ASR on a niced thread cost a third of the throughput). And never for those threads
 themselves: they hold the server's GIL, and a thread the kernel seldom runs would keep the
