@@ -140,8 +140,8 @@ class Settings:
         "else wants, and give up a core the moment the event loop wants one. With the models in processes on 2 "
         "cores at 1,230 calls/s, refusals within 10 ms went from 24-72 % at nice 10 to 87-97 %. But they also starve "
         "behind model threads of the server process, niced or not (a tiny-model server with ASR on a thread and VAD "
-        "in an idle process served 96 instead of 145 requests/s); auto: on when model_processes is on "
-        "(docs/benchmarks.md).",
+        "in an idle process served 96 instead of 145 requests/s); auto: on when no model runs on a thread of the "
+        "server (model_processes on, vad_processes and stream_processes not 0) (docs/benchmarks.md).",
         group="models",
         default="auto",
         choices=("auto", "on", "off"),

@@ -30,7 +30,7 @@ def poison_hook(segments):
 @pytest.fixture(scope="module")
 def engines(tiny_models):
     threaded = FunasrEngine.load(settings_for(tiny_models, online_model="none"))
-    in_processes = FunasrEngine.load(settings_for(tiny_models, online_model="none", model_processes="on", inference_nice=3))
+    in_processes = FunasrEngine.load(settings_for(tiny_models, online_model="none", model_processes="on", idle_worker_processes="on"))
     yield threaded, in_processes
     threaded.close()
     in_processes.close()
@@ -83,12 +83,25 @@ def test_a_text_part_way_through_punctuation_goes_to_the_process_and_back(engine
 
 
 def test_worker_processes_run_under_sched_idle_every_thread(engines):
-    # idle_worker_processes is on by default; the threads torch started for the warm-up inherit it.
+    # The threads torch started for the warm-up inherit the policy. ("auto" would leave it off here:
+    # the engines of these tests keep the VAD on a thread, see the next test.)
     _, in_processes = engines
     for process in in_processes._processes.values():
         threads = [int(tid) for tid in os.listdir(f"/proc/{process.pid()}/task")]
         assert {os.sched_getscheduler(tid) for tid in threads} == {os.SCHED_IDLE}
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the server's own threads keep the normal policy
+
+
+def test_worker_processes_go_idle_by_default_only_when_no_model_is_on_a_server_thread():
+    from app.engine.funasr_engine import every_model_in_a_process
+
+    roles = {"asr": "asr-dir", "vad": "vad-dir", "punc": "punc-dir", "online": "online-dir"}
+    assert every_model_in_a_process(roles, True, 1, 1)
+    assert not every_model_in_a_process(roles, False, 1, 1)  # ASR and punctuation on threads
+    assert not every_model_in_a_process(roles, True, 0, 1)  # whole-recording VAD on a thread
+    assert not every_model_in_a_process(roles, True, 1, 0)  # live streams' steps on threads
+    assert not every_model_in_a_process({**roles, "vad": "none"}, True, 1, 0)  # the online model's steps, still
+    assert every_model_in_a_process({**roles, "vad": "none", "online": "none"}, True, 0, 0)  # nothing left to put on a thread
 
 
 def test_a_model_error_in_the_worker_reaches_the_caller_and_the_worker_goes_on(engines):

@@ -83,6 +83,13 @@ def _log_loaded(role: str, source: ModelSource, report: LoadReport, where: str =
     )
 
 
+def every_model_in_a_process(roles: dict[str, str], in_processes: bool, vad_processes: int, stream_processes: int) -> bool:
+    """Whether no model runs on a thread of the server: idle_worker_processes "auto" turns on only then,
+    because a worker process under SCHED_IDLE starves behind a model thread, niced or not (worker.py)."""
+    vad, online = not is_disabled(roles["vad"]), not is_disabled(roles["online"])
+    return in_processes and (vad_processes > 0 or not vad) and (stream_processes > 0 or not (vad or online))
+
+
 class FunasrEngine:
     """ASR (+ optional VAD and punctuation) models, each confined to its own worker thread or process."""
 
@@ -164,8 +171,9 @@ class FunasrEngine:
         # Processes do not take turns on one GIL: threads for all of them would oversubscribe the cores.
         # Halves and quarters: on 2 cores, 1 thread each gave 156 requests/s, 2 for ASR 96 (docs/benchmarks.md).
         process_threads = {"asr": settings.torch_threads or max(1, cores // 2), "punc": settings.torch_threads or max(1, cores // 4)}
-        # Idle processes would starve behind models on the server's threads: only when the offline models are in processes too.
-        idle = settings.idle_worker_processes == "on" or (settings.idle_worker_processes == "auto" and in_processes)
+        idle = settings.idle_worker_processes == "on" or (
+            settings.idle_worker_processes == "auto" and every_model_in_a_process(roles, in_processes, vad_processes, stream_processes)
+        )
         priority = WorkerPriority(settings.inference_nice, idle)
         models: dict[str, AutoModel | ModelProcess | None] = {}
         online_dir: str | None = None  # the online model's directory when only stream workers load it
