@@ -111,8 +111,10 @@ class Settings:
         "of the server process (off); auto: on when the device is a GPU. On a thread, the model's Python shares the "
         "server's GIL with the event loop, which capped an H200 server at 1.7 busy cores and 49 requests/s; on a "
         "2-core CPU the processes compete with the event loop for the cores instead, which slowed refusals under a "
-        "flood (docs/benchmarks.md). A worker that dies fails the batch it was running (its segments are retried "
-        "alone) and is restarted. With torch_threads 0, the ASR process takes half the cores, punctuation a quarter.",
+        "flood until they ran under SCHED_IDLE (idle_worker_processes; docs/benchmarks.md). A worker that dies fails "
+        "the batch it was running (its segments are retried alone) and is restarted. With torch_threads 0, the ASR "
+        "process takes half the cores, punctuation a quarter (a large model on CPU does better with torch_threads at "
+        "the core count: docs/operations.md).",
         group="models",
         default="auto",
         choices=("auto", "on", "off"),
