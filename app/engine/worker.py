@@ -26,6 +26,7 @@ event loop waiting for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -42,8 +43,9 @@ log = logging.getLogger(__name__)
 MAX_NICE = 19
 
 
-def lower_thread_priority(increment: int) -> None:
-    """Raise the calling thread's nice value by ``increment`` (threads it starts later inherit it).
+def lower_thread_priority(increment: int, tid: int | None = None) -> None:
+    """Raise a thread's nice value by ``increment`` (the calling thread's by default; threads it
+    starts later inherit it).
 
     Linux keeps nice per thread, so this leaves the event loop alone; torch's intra-op threads are
     started by the thread that first runs a parallel operation and inherit its value. Elsewhere
@@ -54,9 +56,11 @@ def lower_thread_priority(increment: int) -> None:
     if not sys.platform.startswith("linux"):
         log.info("inference_nice applies on Linux only; model threads keep the server's priority here")
         return
-    tid = threading.get_native_id()
+    tid = threading.get_native_id() if tid is None else tid
     try:
         os.setpriority(os.PRIO_PROCESS, tid, min(MAX_NICE, os.getpriority(os.PRIO_PROCESS, tid) + increment))
+    except ProcessLookupError:  # the thread ended meanwhile
+        return
     except OSError as e:  # a seccomp profile that forbids it, say: run at the normal priority
         log.warning("cannot lower the priority of the model threads (%s); they run at the server's", e)
 
@@ -69,14 +73,25 @@ class WorkerPriority:
     idle: bool = False  # SCHED_IDLE instead of nice: run only on CPU time nothing else wants
 
     def apply(self) -> None:
-        """Lower the calling thread's priority; threads it starts later (torch's) inherit it."""
-        if self.idle and sys.platform.startswith("linux"):
+        """Lower the priority of every thread of this process; threads started later (torch's) inherit it.
+
+        Every thread, not only the calling one: numpy's BLAS threads start when the process
+        unpickles its first task, which imports the task's module, before the task runs.
+        """
+        if not sys.platform.startswith("linux"):
+            lower_thread_priority(self.nice)  # says why it does nothing
+            return
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+        if self.idle:
             try:
-                os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+                for tid in threads:
+                    with contextlib.suppress(ProcessLookupError):  # the thread ended meanwhile
+                        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
                 return
             except OSError as e:  # a seccomp profile that forbids it, say
                 log.warning("cannot run the worker process under SCHED_IDLE (%s); lowering its nice value instead", e)
-        lower_thread_priority(self.nice)
+        for tid in threads:
+            lower_thread_priority(self.nice, tid)
 
 
 class ModelWorker:
