@@ -212,7 +212,7 @@ class StreamWorkerPool:
     def _assign(self, stream: StreamState) -> None:
         # A worker without models holds no streams, so "fewest streams" alone would send it all;
         # and a stream on a restarted worker still loading would wait seconds for its first step.
-        index = min(range(len(self._workers)), key=lambda i: (self._workers[i].load_failed(), not self._workers[i].ready(), self._assigned[i]))
+        index = min(range(len(self._workers)), key=lambda i: (*self._workers[i].unavailable(), self._assigned[i]))
         # Every worker is in that state (memory was short, say): a new stream gets a new attempt,
         # at most every LOAD_RETRY_S, instead of a worker that only refuses.
         if self._workers[index].retry_failed_load():

@@ -88,7 +88,7 @@ class VadProcessPool:
         # Loaded processes first: a call queued behind a restarted one's load would wait seconds.
         # Ties go round, so that every process is called, and one that died is replaced.
         n = len(self._workers)
-        index = min(range(n), key=lambda i: (self._workers[i].load_failed(), not self._workers[i].ready(), self._in_flight[i], (i - self._next) % n))
+        index = min(range(n), key=lambda i: (*self._workers[i].unavailable(), self._in_flight[i], (i - self._next) % n))
         self._next = (index + 1) % n
         worker = self._workers[index]
         if worker.load_failed() and not worker.retry_failed_load():  # every process is without its model

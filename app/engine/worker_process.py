@@ -111,6 +111,10 @@ class WorkerProcess:
         loading = self.loading
         return loading.done() and not loading.cancelled() and loading.exception() is not None
 
+    def unavailable(self) -> tuple[bool, bool]:
+        """(load failed, still loading): as a sort key, the processes that can answer now come first."""
+        return self.load_failed(), not self.ready()
+
     def retry_failed_load(self) -> bool:
         """Replace a process whose load failed, once LOAD_RETRY_S has passed since it started; whether it was replaced."""
         if self.load_failed() and time.monotonic() - self._started_at > LOAD_RETRY_S:
