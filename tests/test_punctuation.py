@@ -17,12 +17,20 @@ import numpy as np
 import pytest
 import torch
 
-from app.engine.punctuation import punctuation_ids
+from app.engine.punctuation import finished_ids, run_rounds, start_text
 
 # Output biases over the classes <unk> _ ， 。 ？ 、 : the model as built, then commas only (so
 # sentences grow past 200 words and get cut), full stops only, everything equally likely,
 # and mostly <unk>.
 BIASES = [None, [-9, -3, 3, -9, -9, 0], [-9, 0, -9, 3, -9, -9], [-9, 0, 0, 0, 0, 0], [0, 0, -9, -9, -9, -9]]
+
+
+def punctuation_ids(model, tokenizer, texts: list[str], device: str, split_size: int = 20) -> list[list[int] | None]:
+    """Per text of space-separated tokens, the mark id after each token (None for an empty text):
+    all rounds of all texts in one pass, as PunctuationCall runs them without a round limit."""
+    started = [start_text(model, tokenizer, text.split(" ") if text else [], split_size) for text in texts]
+    run_rounds(model, [t for t in started if t is not None], device)
+    return [None if t is None else finished_ids(model, t) for t in started]
 
 
 def _load(model_dir):

@@ -108,18 +108,6 @@ def finished_ids(model, text: TextProgress) -> list[int]:
     return text.marks if model.jieba_usr_dict is None else _words_to_characters(text.words, text.marks)
 
 
-def punctuation_ids(model, tokenizer, texts: Sequence[str], device: str, split_size: int = 20) -> list[list[int] | None]:
-    """Per text, the id (in ``model.punc_list``) of the mark after each of its tokens; None for an empty text.
-
-    ``model`` is the ``CTTransformer`` of a loaded ``AutoModel`` (``.model``), ``tokenizer`` its
-    tokenizer. For a text of space-separated characters and words, as the ASR model writes them,
-    the ids line up with those tokens. All rounds of all texts in one call.
-    """
-    started = [start_text(model, tokenizer, text.split(" ") if text else [], split_size) for text in texts]
-    run_rounds(model, [t for t in started if t is not None], device)
-    return [None if t is None else finished_ids(model, t) for t in started]
-
-
 def _mark_mini_sentence(model, text: TextProgress, words: list[str], ids: np.ndarray, marks: list[int], last: bool) -> None:
     """Keep this round's marks up to the last sentence end; carry the words behind it into the next round."""
     punc_list = model.punc_list
