@@ -130,6 +130,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "OFF (e.g. model-processes=off): 'x' then reads ON / that server; the batching goals are not judged",
     )  # fmt: skip
     args = p.parse_args(argv)
+    if not 0 < args.overload_low_share < 1:  # the recovery goal divides by the capacity it leaves
+        p.error(f"--overload-low-share must be between 0 and 1, not {args.overload_low_share:g}")
     preset = args.preset or (args.models if args.models in PRESETS else "tiny")
     for key, value in PRESETS[preset].items():
         if getattr(args, key) is None:
@@ -595,10 +597,10 @@ def regoal(path: Path) -> int:
     result = json.loads(path.read_text())
     ov = result.get("overload")
     if ov and ov.get("timeline"):
-        seconds = {p["name"]: p for p in ov["phases"]}
-        over_end = seconds["before"]["seconds"] + seconds["overload"]["seconds"]
+        phases = {p["name"]: p for p in ov["phases"]}
+        over_end = phases["before"]["seconds"] + phases["overload"]["seconds"]
         before_p50 = ov["before"]["accepted_latency"]["p50_ms"] or 0.0
-        ov["recovery"] = recovery(ov["timeline"], over_end, before_p50, seconds["after"]["rate_rps"])
+        ov["recovery"] = recovery(ov["timeline"], over_end, before_p50, phases["after"]["rate_rps"])
         r = ov["recovery"]
         log(f"{path.name}: recovered after {fmt(r['recovered_after_s'], 2)} s; {r['bin_s']:g} s bins (sent, median ms): "
             + " ".join(f"{b['sent']}:{b['p50_ms']:.0f}" for b in r["bins"]))  # fmt: skip
