@@ -140,7 +140,7 @@ class Settings:
         "Run the model worker processes (model_processes, vad_processes, stream_processes) under Linux's SCHED_IDLE "
         "policy (on), or at inference_nice like the model threads (off): idle, they get only the CPU time nothing "
         "else wants, and give up a core the moment the event loop wants one. With the models in processes on 2 "
-        "cores at 1,230 calls/s, refusals within 10 ms went from 24-72 % at nice 10 to 87-97 %. But they also starve "
+        "cores at 1,230 calls/s, refusals within 10 ms went from 23-72 % at nice 10 to 87-97 %. But they also starve "
         "behind model threads of the server process, niced or not (a tiny-model server with ASR on a thread and VAD "
         "in an idle process served 96 instead of 145 requests/s); auto: on when no model runs on a thread of the "
         "server (model_processes on, vad_processes and stream_processes not 0) (docs/benchmarks.md).",

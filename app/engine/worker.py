@@ -15,7 +15,7 @@ thread at full speed, so this changes nothing until the CPU is short.
 Worker processes can go further (``idle_worker_processes``): Linux's SCHED_IDLE policy, under
 which a process runs only on CPU time nothing else wants, and a waking normal thread takes its
 core at once, where a niced one may first finish a slice of a few milliseconds. At 1,230
-calls/s with the models in processes, refusals within 10 ms went from 24-72 % at nice 10 to
+calls/s with the models in processes, refusals within 10 ms went from 23-72 % at nice 10 to
 87-97 % (docs/benchmarks.md, ninth session). Only when every model runs in a process: idle
 processes starve behind model threads of the server, niced or not (VAD in an idle process
 behind ASR on a niced thread cost a third of the throughput). And never for those threads
