@@ -102,6 +102,24 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def cpu_list(text: str | None) -> frozenset[int] | None:
+    """'0', '0,1' or '0-3' as a set of core numbers; empty for none."""
+    if not text:
+        return None
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return frozenset(cpus)
+
+
+def pin_this_process(cpus: frozenset[int]) -> None:
+    """Every thread of this process onto ``cpus`` (sched_setaffinity(0) moves only the calling thread)."""
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task), cpus)
+
+
 def machine_busy_seconds() -> float:
     """CPU time the whole machine spent busy (all processes, all cores), from /proc/stat."""
     try:
@@ -189,6 +207,7 @@ class Server:
     exit_code: int | None = None
     argv: list[str] = field(default_factory=list)
     device: str = "cpu"
+    cpus: frozenset[int] | None = None  # pinned to these cores with its worker processes (they inherit it)
 
     @property
     def target(self) -> str:
@@ -226,7 +245,9 @@ class Server:
         self.argv = self.command()
         fd, log = tempfile.mkstemp(prefix=f"bench-{self.name}-", suffix=".log")
         self.log_path = Path(log)
-        self.process = subprocess.Popen(self.argv, stdout=fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=source_env())
+        # Pinned before exec: the server sizes its thread and worker pools by the cores it may use.
+        pin = (lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None
+        self.process = subprocess.Popen(self.argv, stdout=fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=source_env(), preexec_fn=pin)
         os.close(fd)
         return self
 

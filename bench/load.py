@@ -41,12 +41,14 @@ from bench.common import (
     REPO,
     Server,
     command_line,
+    cpu_list,
     ensure_models,
     fmt,
     machine_busy_seconds,
     machine_info,
     model_dirs,
     percentiles_ms,
+    pin_this_process,
     ratio,
     source_env,
     table,
@@ -123,6 +125,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-batch-audio-seconds", type=float, default=300.0)
     p.add_argument("--torch-threads", type=int, default=0, help="for every server and the in-process engine (0: one per core)")
     p.add_argument("--device", default="cpu", help="inference device of every server and the in-process engine: cpu, cuda, cuda:N")
+    p.add_argument(
+        "--server-cpus", help="pin every server, with its worker processes, to these cores (e.g. 1 or 2-15): clients on "
+        "other machines, imitated on one machine; the sustainable rate is then that of these cores",
+    )  # fmt: skip
+    p.add_argument("--client-cpus", help="pin this process (the load generator and the in-process engine) to these cores, e.g. 0")
     p.add_argument("--server-flag", action="append", default=[], metavar="NAME=VALUE", help="extra serve flag for both sweep servers, e.g. max-queue-items=512")
     p.add_argument(
         "--compare", action="append", default=[], metavar="NAME=VALUE",
@@ -130,6 +137,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "OFF (e.g. model-processes=off): 'x' then reads ON / that server; the batching goals are not judged",
     )  # fmt: skip
     args = p.parse_args(argv)
+    args.server_cpus_set, args.client_cpus_set = cpu_list(args.server_cpus), cpu_list(args.client_cpus)
+    if args.server_cpus_set and args.client_cpus_set and args.server_cpus_set & args.client_cpus_set:
+        p.error("--server-cpus and --client-cpus overlap: pinning is there to keep them apart")
     if not 0 < args.overload_low_share < 1:  # the recovery goal divides by the capacity it leaves
         p.error(f"--overload-low-share must be between 0 and 1, not {args.overload_low_share:g}")
     preset = args.preset or (args.models if args.models in PRESETS else "tiny")
@@ -630,8 +640,10 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": info,
         "models": {"kind": args.models, "preset": args.preset},
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.endswith("_cpus_set")},
     }
+    if args.client_cpus_set:
+        pin_this_process(args.client_cpus_set)
     log(f"command: {result['command']}")
     v = info["versions"]
     log(
@@ -656,8 +668,8 @@ def main(argv: list[str] | None = None) -> int:
     result["comparison"] = f"batching ON vs {', '.join(args.compare) if args.compare else 'batching OFF (max-batch-size 1)'}"
     log(f"comparison: {result['comparison']}")
     servers = {
-        "on": Server("on", models, on_flags, device=args.device),
-        "off": Server("off", models, off_flags, device=args.device),
+        "on": Server("on", models, on_flags, device=args.device, cpus=args.server_cpus_set),
+        "off": Server("off", models, off_flags, device=args.device, cpus=args.server_cpus_set),
     }
     result["servers"] = {}
     sets = {name: AUDIO_SETS[name]() for name in args.sets.split(",") if name}
@@ -708,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
         overload_flags = {**on_flags, "max_queue_items": args.overload_queue_items}
         if queue_wait_s:
             overload_flags["max_queue_wait_seconds"] = round(queue_wait_s, 3)
-        server = Server("overload", models, overload_flags, device=args.device)
+        server = Server("overload", models, overload_flags, device=args.device, cpus=args.server_cpus_set)
         try:
             server.start().wait_ready()
             result["servers"]["overload"] = {"command": server.display_command(), "startup_s": round(server.startup_s, 1)}
