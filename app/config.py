@@ -89,7 +89,12 @@ class Settings:
         default=str(Path.home() / ".cache" / "paraformer-asr" / "demo-models"),
     )
     device: str = _opt("Inference device: auto (CUDA when available), cpu, cuda or cuda:N.", group="models", default="auto")
-    torch_threads: int = _opt("CPU threads for torch inside the worker (0: one per available core).", group="models", default=0)
+    torch_threads: int = _opt(
+        "CPU threads for torch inside the worker (0: one per available core). Available cores: the CPU affinity, at most a "
+        "cgroup CPU limit rounded down (a pod's resources.limits.cpu), at least 1; the startup log says what it found.",
+        group="models",
+        default=0,
+    )
     vad_processes: int = _opt(
         "Run whole-recording VAD in this many worker processes, each with its own copy of the VAD model; "
         "0 runs it on a thread of the server process, -1 picks one process per 4 available cores (1 to 4). "
@@ -113,8 +118,8 @@ class Settings:
         "2-core CPU the processes compete with the event loop for the cores instead, which slowed refusals under a "
         "flood until they ran under SCHED_IDLE (idle_worker_processes; docs/benchmarks.md). A worker that dies fails "
         "the batch it was running (its segments are retried alone) and is restarted. With torch_threads 0, the ASR "
-        "process takes half the cores, punctuation a quarter (a large model on CPU does better with torch_threads at "
-        "the core count: docs/operations.md).",
+        "process takes half the available cores (on CPU, all of them for an ASR model of 100 MB or more) and "
+        "punctuation a quarter (docs/operations.md).",
         group="models",
         default="auto",
         choices=("auto", "on", "off"),

@@ -31,6 +31,7 @@ from funasr import AutoModel
 
 from app.config import Settings
 from app.engine import features
+from app.engine.cores import describe_cores, usable_cores
 from app.engine.heap import freeze_loaded, thaw
 from app.engine.loader import ModelLoadError, ModelSource, is_disabled, open_model, resolve_configured_model
 from app.engine.model_calls import AsrCall, AsrHypothesis, PunctuationCall
@@ -81,6 +82,34 @@ def _log_loaded(role: str, source: ModelSource, report: LoadReport, where: str =
         report.tensors_verified[role],
         " -- RANDOM WEIGHTS, DEMO ONLY" if source.random_weights else "",
     )
+
+
+# Above this much weight on CPU, a model's batches are GEMM-bound and use every core given to them:
+# the 220M-parameter Paraformer-large architecture (900 MB) served 9.8 requests/s at 32 clients on 2
+# cores with 2 torch threads in its process against 5.7 with 1. Below it a batch is mostly Python,
+# and a second thread only takes a core from the server: the tiny model, 156 against 96 requests/s.
+GEMM_BOUND_WEIGHT_BYTES = 100 * 2**20
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+def weight_bytes(model_dir: str | os.PathLike) -> int:
+    """Size of the weight files at the top of a model directory (FunASR's model.pt, mostly)."""
+    try:
+        entries = list(os.scandir(model_dir))
+    except OSError:
+        return 0
+    return sum(e.stat().st_size for e in entries if e.name.endswith(WEIGHT_SUFFIXES) and e.is_file())
+
+
+def process_torch_threads(role: str, model_dir: str, device: str, cores: int, configured: int) -> int:
+    """Torch threads of a model's worker process (model_processes). Processes do not take turns on one
+    GIL, so a thread per core in each would oversubscribe the cores: ASR gets half, punctuation a
+    quarter, except a large ASR model on CPU, which takes them all."""
+    if configured:
+        return configured
+    if role == "asr" and device == "cpu" and weight_bytes(model_dir) >= GEMM_BOUND_WEIGHT_BYTES:
+        return cores
+    return max(1, cores // 2) if role == "asr" else max(1, cores // 4)
 
 
 def every_model_in_a_process(roles: dict[str, str], in_processes: bool, vad_processes: int, stream_processes: int) -> bool:
@@ -158,19 +187,17 @@ class FunasrEngine:
         import torch
 
         device = resolve_device(settings.device)
-        threads = settings.torch_threads or len(os.sched_getaffinity(0))
+        cores = usable_cores()
+        log.info("sizing torch threads and worker processes by %s", describe_cores())
+        threads = settings.torch_threads or cores
         report = LoadReport()
         features.install(settings.fast_features)
         roles = {"asr": settings.asr_model, "vad": settings.vad_model, "punc": settings.punc_model, "online": settings.online_model}
         if is_disabled(roles["asr"]):
             raise ModelLoadError("an ASR model is required (asr_model is empty)")
-        cores = len(os.sched_getaffinity(0))
         vad_processes = settings.vad_processes if settings.vad_processes >= 0 else min(4, max(1, cores // 4))
         stream_processes = settings.stream_processes if settings.stream_processes >= 0 else min(4, max(1, cores // 4))
         in_processes = settings.model_processes == "on" or (settings.model_processes == "auto" and device.startswith("cuda"))
-        # Processes do not take turns on one GIL: threads for all of them would oversubscribe the cores.
-        # Halves and quarters: on 2 cores, 1 thread each gave 156 requests/s, 2 for ASR 96 (docs/benchmarks.md).
-        process_threads = {"asr": settings.torch_threads or max(1, cores // 2), "punc": settings.torch_threads or max(1, cores // 4)}
         idle = settings.idle_worker_processes == "on" or (
             settings.idle_worker_processes == "auto" and every_model_in_a_process(roles, in_processes, vad_processes, stream_processes)
         )
@@ -192,7 +219,8 @@ class FunasrEngine:
                     continue
                 if role in ("asr", "punc") and in_processes:
                     # Loads in its own process, alongside the models loaded here; verified there.
-                    models[role] = ModelProcess(role, str(source.path), device, process_threads[role], settings.fast_features, priority)
+                    process_threads = process_torch_threads(role, str(source.path), device, cores, settings.torch_threads)
+                    models[role] = ModelProcess(role, str(source.path), device, process_threads, settings.fast_features, priority)
                     continue
                 models[role], report.tensors_verified[role], report.load_seconds[role] = open_model(role, str(source.path), device, threads)
                 _log_loaded(role, source, report)

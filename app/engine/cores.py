@@ -1,0 +1,57 @@
+"""How many cores this process may really use: its CPU affinity, capped by a cgroup CPU quota.
+
+In a pod a CPU limit is a CFS quota, not a cpuset: the affinity lists every core of the node. Torch
+threads and worker pools sized by a 64-core node under a 4-CPU limit would spend their time throttled.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cpu_quota_cores(root: Path = CGROUP_ROOT) -> float | None:
+    """The CPU limit of this process's cgroup in cores (quota / period), or None when there is none.
+
+    A container sees its own cgroup at the root (cgroup namespaces, or the runtime's bind mount
+    on cgroup v1), so the files at the top are the container's own.
+    """
+    try:  # cgroup v2: "max 100000" or "400000 100000"
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    for controller in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):  # cgroup v1: -1 for no quota
+        try:
+            quota_us = int((root / controller / "cpu.cfs_quota_us").read_text())
+            period_us = int((root / controller / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    return None
+
+
+def usable_cores(root: Path = CGROUP_ROOT) -> int:
+    """Cores for sizing thread and process pools: the affinity, at most the quota rounded down (at least 1).
+
+    Down, as Go's automaxprocs does: a pool one thread wider than the quota is throttled every period.
+    """
+    affinity = len(os.sched_getaffinity(0))
+    quota = cpu_quota_cores(root)
+    if quota is None:
+        return affinity
+    return max(1, min(affinity, math.floor(quota)))
+
+
+def describe_cores(root: Path = CGROUP_ROOT) -> str:
+    """For the startup log: what the pools were sized by."""
+    quota = cpu_quota_cores(root)
+    affinity = len(os.sched_getaffinity(0))
+    limit = "no cgroup CPU limit" if quota is None else f"cgroup CPU limit {quota:g}"
+    return f"{usable_cores(root)} usable cores ({affinity} in the CPU affinity, {limit})"
