@@ -113,7 +113,8 @@ class Settings:
     )
     model_processes: str = _opt(
         "Run the offline ASR model and the punctuation model each in a worker process of its own (on) or on threads "
-        "of the server process (off); auto: on when the device is a GPU. On a thread, the model's Python shares the "
+        "of the server process (off); auto: on when the device is a GPU, or on CPU when the ASR model has 100 MB or "
+        "more of weights (Paraformer-large: 880 MB; 1.1-1.4x the threads' rate on 2 cores). On a thread, the model's Python shares the "
         "server's GIL with the event loop, which capped an H200 server at 1.7 busy cores and 49 requests/s; on a "
         "2-core CPU the processes compete with the event loop for the cores instead, which slowed refusals under a "
         "flood until they ran under SCHED_IDLE (idle_worker_processes; docs/benchmarks.md). A worker that dies fails "

@@ -1,4 +1,5 @@
-"""How the engine sizes torch threads and worker pools: cgroup CPU limits and the model's size."""
+"""How the engine sizes torch threads and worker pools, and where it runs the models: cgroup CPU
+limits and the model's size."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import pytest
 
 from app.engine.cores import cpu_quota_cores, describe_cores, usable_cores
-from app.engine.funasr_engine import GEMM_BOUND_WEIGHT_BYTES, process_torch_threads, weight_bytes
+from app.engine.funasr_engine import GEMM_BOUND_WEIGHT_BYTES, models_in_processes, process_torch_threads, weight_bytes
 
 AFFINITY = len(os.sched_getaffinity(0))
 
@@ -93,3 +94,14 @@ def test_configured_threads_win(tmp_path):
     large = model_dir(tmp_path, GEMM_BOUND_WEIGHT_BYTES)
     assert process_torch_threads("asr", large, "cpu", 8, configured=3) == 3
     assert process_torch_threads("punc", large, "cpu", 8, configured=3) == 3
+
+
+def test_auto_puts_a_large_asr_model_in_a_process_on_cpu(tmp_path):
+    (tmp_path / "large").mkdir()
+    (tmp_path / "small").mkdir()
+    large, small = model_dir(tmp_path / "large", GEMM_BOUND_WEIGHT_BYTES), model_dir(tmp_path / "small", 1 << 20)
+    assert models_in_processes("auto", "cpu", large)
+    assert not models_in_processes("auto", "cpu", small)
+    assert models_in_processes("auto", "cuda:0", small)  # on a GPU whatever the size
+    assert not models_in_processes("off", "cuda:0", large)
+    assert models_in_processes("on", "cpu", small)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import time
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from app.config import ConfigError
-from app.engine.funasr_engine import FunasrEngine
+from app.engine.funasr_engine import GEMM_BOUND_WEIGHT_BYTES, FunasrEngine
 from app.engine.loader import ModelLoadError
 from app.engine.model_process import ModelWorkerLost
 from tests.helpers import settings_for, speechlike
@@ -166,6 +167,27 @@ def test_a_worker_killed_while_loading_fails_the_start_with_one_line(tiny_models
             process.wait_loaded()
     finally:
         process.close()
+
+
+def test_auto_runs_a_large_asr_model_in_its_process_on_cpu(engines, tiny_models, tmp_path):
+    # The tiny model, made "large" by a sparse weight file that FunASR never reads.
+    asr = tmp_path / "asr"
+    shutil.copytree(tiny_models.asr, asr)
+    with open(asr / "padding.bin", "wb") as padding:
+        padding.truncate(GEMM_BOUND_WEIGHT_BYTES)
+    engine = FunasrEngine.load(settings_for(tiny_models, asr_model=str(asr), online_model="none", model_processes="auto"))
+    try:
+        assert set(engine._processes) == {"asr", "punc"} and not engine._calls  # punctuation goes with it
+        threaded, _ = engines
+        segments = _segments()
+        assert asyncio.run(_recognise(engine, segments)) == asyncio.run(_recognise(threaded, segments))
+    finally:
+        engine.close()
+    small = FunasrEngine.load(settings_for(tiny_models, online_model="none", model_processes="auto"))
+    try:
+        assert not small._processes and set(small._calls) == {"asr", "punc"}
+    finally:
+        small.close()
 
 
 def test_model_processes_is_checked(tiny_models):

@@ -85,9 +85,10 @@ def _log_loaded(role: str, source: ModelSource, report: LoadReport, where: str =
 
 
 # Above this much weight on CPU, a model's batches are GEMM-bound and use every core given to them:
-# the 220M-parameter Paraformer-large architecture (900 MB) served 9.8 requests/s at 32 clients on 2
-# cores with 2 torch threads in its process against 5.7 with 1. Below it a batch is mostly Python,
-# and a second thread only takes a core from the server: the tiny model, 156 against 96 requests/s.
+# on 2 cores the 220M-parameter Paraformer-large architecture (900 MB) in its own process served
+# 1.1x the threads layout at 32 clients with both cores' torch threads, 0.6x with one. Below it a
+# batch is mostly Python, and a second thread only takes a core from the server: the tiny model
+# served 96 requests/s with two threads in its process against 156 with one.
 GEMM_BOUND_WEIGHT_BYTES = 100 * 2**20
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
@@ -110,6 +111,20 @@ def process_torch_threads(role: str, model_dir: str, device: str, cores: int, co
     if role == "asr" and device == "cpu" and weight_bytes(model_dir) >= GEMM_BOUND_WEIGHT_BYTES:
         return cores
     return max(1, cores // 2) if role == "asr" else max(1, cores // 4)
+
+
+def models_in_processes(setting: str, device: str, asr_dir: str) -> bool:
+    """Whether the offline ASR and punctuation models run in worker processes (model_processes).
+
+    auto: with a GPU, where their Python on the server's threads held its GIL (1.7 busy cores, the
+    GPU mostly idle); on CPU, for a large ASR model, which then takes every core in its process: on
+    2 cores 1.1-1.3x the threads layout's rate at 1 client and 1.1-1.4x at 32, and every issue-3
+    goal in three of four full runs (docs/benchmarks.md, tenth session). A small model (the
+    demo's) stays on threads: both layouts served it alike at 32 clients, and a process costs 300 MB.
+    """
+    if setting != "auto":
+        return setting == "on"
+    return device.startswith("cuda") or weight_bytes(asr_dir) >= GEMM_BOUND_WEIGHT_BYTES
 
 
 def every_model_in_a_process(roles: dict[str, str], in_processes: bool, vad_processes: int, stream_processes: int) -> bool:
@@ -195,9 +210,12 @@ class FunasrEngine:
         roles = {"asr": settings.asr_model, "vad": settings.vad_model, "punc": settings.punc_model, "online": settings.online_model}
         if is_disabled(roles["asr"]):
             raise ModelLoadError("an ASR model is required (asr_model is empty)")
+        allow_random = settings.demo or settings.allow_random_weights
+        # The ASR model first: its size decides where the models run (models_in_processes).
+        sources = {"asr": resolve_configured_model("asr", roles["asr"], settings, allow_random=allow_random)}
         vad_processes = settings.vad_processes if settings.vad_processes >= 0 else min(4, max(1, cores // 4))
         stream_processes = settings.stream_processes if settings.stream_processes >= 0 else min(4, max(1, cores // 4))
-        in_processes = settings.model_processes == "on" or (settings.model_processes == "auto" and device.startswith("cuda"))
+        in_processes = models_in_processes(settings.model_processes, device, str(sources["asr"].path))
         idle = settings.idle_worker_processes == "on" or (
             settings.idle_worker_processes == "auto" and every_model_in_a_process(roles, in_processes, vad_processes, stream_processes)
         )
@@ -210,7 +228,7 @@ class FunasrEngine:
                     models[role] = None
                     log.info("%s model disabled", role)
                     continue
-                source = resolve_configured_model(role, spec, settings, allow_random=settings.demo or settings.allow_random_weights)
+                source = sources.get(role) or resolve_configured_model(role, spec, settings, allow_random=allow_random)
                 report.sources[role] = source
                 if role == "online" and stream_processes:
                     # Only live streams use it, and their steps run in the workers: a copy here would
