@@ -6,12 +6,9 @@ threads and worker pools sized by a 64-core node under a 4-CPU limit would spend
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
