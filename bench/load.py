@@ -137,7 +137,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "OFF (e.g. model-processes=off): 'x' then reads ON / that server; the batching goals are not judged",
     )  # fmt: skip
     args = p.parse_args(argv)
-    args.server_cpus_set, args.client_cpus_set = cpu_list(args.server_cpus), cpu_list(args.client_cpus)
+    try:
+        args.server_cpus_set, args.client_cpus_set = cpu_list(args.server_cpus), cpu_list(args.client_cpus)
+    except ValueError:
+        p.error(f"--server-cpus / --client-cpus take core numbers and ranges like 0 or 1,3 or 2-15, not {args.server_cpus!r} / {args.client_cpus!r}")
     if args.server_cpus_set and args.client_cpus_set and args.server_cpus_set & args.client_cpus_set:
         p.error("--server-cpus and --client-cpus overlap: pinning is there to keep them apart")
     if not 0 < args.overload_low_share < 1:  # the recovery goal divides by the capacity it leaves

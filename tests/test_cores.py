@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from app.engine.cores import cpu_quota_cores, describe_cores, usable_cores
+from app.engine.cores import cpu_quota_cores, sized_by, usable_cores
 from app.engine.funasr_engine import GEMM_BOUND_WEIGHT_BYTES, models_in_processes, process_torch_threads, weight_bytes
 
 AFFINITY = len(os.sched_getaffinity(0))
@@ -60,7 +60,7 @@ def test_a_limit_rounds_down_and_never_below_one(tmp_path):
 def test_a_limit_above_the_affinity_changes_nothing(tmp_path):
     root = cgroup_v2(tmp_path, f"{(AFFINITY + 8) * 100000} 100000")
     assert usable_cores(root) == AFFINITY
-    assert "cgroup CPU limit" in describe_cores(root)
+    assert sized_by(root) == (AFFINITY, f"{AFFINITY} usable cores ({AFFINITY} in the CPU affinity, cgroup CPU limit {AFFINITY + 8})")
 
 
 def model_dir(tmp_path, weight: int):

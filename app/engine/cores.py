@@ -39,16 +39,14 @@ def usable_cores(root: Path = CGROUP_ROOT) -> int:
 
     Down, as Go's automaxprocs does: a pool one thread wider than the quota is throttled every period.
     """
+    return sized_by(root)[0]
+
+
+def sized_by(root: Path = CGROUP_ROOT) -> tuple[int, str]:
+    """``usable_cores``, and for the startup log what it was found from (one read of the cgroup)."""
     affinity = len(os.sched_getaffinity(0))
     quota = cpu_quota_cores(root)
     if quota is None:
-        return affinity
-    return max(1, min(affinity, math.floor(quota)))
-
-
-def describe_cores(root: Path = CGROUP_ROOT) -> str:
-    """For the startup log: what the pools were sized by."""
-    quota = cpu_quota_cores(root)
-    affinity = len(os.sched_getaffinity(0))
-    limit = "no cgroup CPU limit" if quota is None else f"cgroup CPU limit {quota:g}"
-    return f"{usable_cores(root)} usable cores ({affinity} in the CPU affinity, {limit})"
+        return affinity, f"{affinity} usable cores ({affinity} in the CPU affinity, no cgroup CPU limit)"
+    cores = max(1, min(affinity, math.floor(quota)))
+    return cores, f"{cores} usable cores ({affinity} in the CPU affinity, cgroup CPU limit {quota:g})"

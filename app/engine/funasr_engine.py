@@ -31,7 +31,7 @@ from funasr import AutoModel
 
 from app.config import Settings
 from app.engine import features
-from app.engine.cores import describe_cores, usable_cores
+from app.engine.cores import sized_by
 from app.engine.heap import freeze_loaded, thaw
 from app.engine.loader import ModelLoadError, ModelSource, is_disabled, open_model, resolve_configured_model
 from app.engine.model_calls import AsrCall, AsrHypothesis, PunctuationCall
@@ -202,8 +202,8 @@ class FunasrEngine:
         import torch
 
         device = resolve_device(settings.device)
-        cores = usable_cores()
-        log.info("sizing torch threads and worker processes by %s", describe_cores())
+        cores, found = sized_by()
+        log.info("sizing torch threads and worker processes by %s", found)
         threads = settings.torch_threads or cores
         report = LoadReport()
         features.install(settings.fast_features)
